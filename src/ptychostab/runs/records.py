@@ -1,0 +1,226 @@
+"""Run records: the contract between a training job and the aggregator.
+
+Each job owns one folder ``<output_root>/<sweep>/<arm_id>/seed=<k>/`` and writes:
+
+- ``manifest.json`` at start (who, what, where, with which code),
+- ``history.csv`` after every epoch (one row per epoch, columns in :data:`HISTORY_COLUMNS`),
+- ``result.json`` at the end (status, failure, metrics).
+
+Every write is atomic (temporary file in the same folder, then ``os.replace``), so a reader
+never sees half a file, and a job killed mid-write leaves the previous version intact.
+
+This module is pure Python (no torch, no Hydra): the aggregator imports it, training imports it.
+Readers never raise on damaged input: they return a :class:`Loaded` with a ``problem`` string.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+MANIFEST = "manifest.json"
+HISTORY = "history.csv"
+RESULT = "result.json"
+TRACEBACK = "traceback.txt"
+LAST_CKPT = "last.ckpt"
+BEST_CKPT = "best.ckpt"
+
+# --- status taxonomy -------------------------------------------------------------------------
+OK = "ok"
+FAILURE_KINDS = ("nonfinite", "diverged", "collapsed", "exception", "oom")
+INCOMPLETE_KINDS = ("timeout", "preempted", "missing")
+READ_PROBLEMS = ("corrupt",)  # assigned by readers, never written by a job
+ALL_STATUSES = (OK, *FAILURE_KINDS, *INCOMPLETE_KINDS, *READ_PROBLEMS)
+# A final result is never retrained by a rerun; preempted/timeout runs resume from last.ckpt.
+FINAL_STATUSES = frozenset((OK, *FAILURE_KINDS))
+
+# Per-epoch history columns, in order. Extra columns are allowed after these.
+HISTORY_COLUMNS = (
+    "epoch",  # 0-based epoch index
+    "global_step",  # optimizer steps completed at the end of this epoch
+    "train_loss",  # mean training loss over the epoch
+    "val_loss",  # validation loss (the run's val_loss_name) at the end of the epoch
+    "grad_norm_pre_mean",
+    "grad_norm_pre_median",
+    "grad_norm_pre_max",
+    "grad_norm_post_mean",
+    "grad_norm_post_median",
+    "grad_norm_post_max",
+    "lr",  # learning rate used during this epoch
+    "wall_s",  # seconds since the job started (cumulative, includes resumed segments)
+)
+
+
+def is_final(status: str | None) -> bool:
+    """True when a run with this status must not be trained again."""
+    return status in FINAL_STATUSES
+
+
+# --- atomic writers --------------------------------------------------------------------------
+def _json_default(obj: Any) -> Any:
+    # numpy scalars and paths sneak into records; never let them crash a job at the end.
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """Replace NaN/Inf floats by None recursively: strict JSON has no NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (tmp file in the same folder + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: dict) -> None:
+    """Strict JSON (NaN/Inf written as null), sorted keys, atomic."""
+    text = json.dumps(_finite_or_none(obj), indent=2, sort_keys=True, default=_json_default)
+    atomic_write_text(path, text + "\n")
+
+
+def write_history(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Rewrite the whole ``history.csv`` atomically (a few hundred rows at most)."""
+    extra = sorted({k for r in rows for k in r} - set(HISTORY_COLUMNS))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*HISTORY_COLUMNS, *extra], extrasaction="raise")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+# --- tolerant readers ------------------------------------------------------------------------
+@dataclass
+class Loaded:
+    """What a reader found: the parsed object, or why there is none."""
+
+    data: Any = None
+    problem: str | None = None  # None, "absent", or a human-readable reason (corrupt file)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def read_json(path: str | os.PathLike) -> Loaded:
+    path = Path(path)
+    if not path.exists():
+        return Loaded(problem="absent")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return Loaded(problem=f"corrupt {path.name}: {err}")
+    if not isinstance(data, dict):
+        return Loaded(problem=f"corrupt {path.name}: top level is {type(data).__name__}, not object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        return Loaded(data=data, problem=f"unknown schema_version {version!r} in {path.name}")
+    return Loaded(data=data)
+
+
+def read_history(path: str | os.PathLike) -> Loaded:
+    """Rows as dicts of floats (empty cells -> NaN). Damaged rows are skipped and counted."""
+    path = Path(path)
+    if not path.exists():
+        return Loaded(data=[], problem="absent")
+    rows, bad = [], 0
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for raw in csv.DictReader(fh):
+                try:
+                    rows.append(
+                        {k: (float(v) if v not in ("", None) else math.nan) for k, v in raw.items()
+                         if k is not None}
+                    )
+                except (TypeError, ValueError):
+                    bad += 1
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        return Loaded(data=rows, problem=f"corrupt {path.name}: {err}")
+    problem = f"corrupt {path.name}: {bad} unreadable rows" if bad else None
+    return Loaded(data=rows, problem=problem, extra={"bad_rows": bad})
+
+
+# --- record builders (keep the shape in one place) --------------------------------------------
+def failure(kind: str, *, epoch: int | None, step: int | None, wall_s: float | None,
+            message: str = "") -> dict:
+    """The ``failure`` block of ``result.json``."""
+    if kind not in FAILURE_KINDS + INCOMPLETE_KINDS:
+        raise ValueError(f"failure kind {kind!r} not in {FAILURE_KINDS + INCOMPLETE_KINDS}")
+    return {"kind": kind, "epoch": epoch, "step": step, "wall_s": wall_s, "message": message}
+
+
+def result_record(*, status: str, sweep: str, arm_id: str, seed: int, failure_info: dict | None,
+                  metrics: dict, metrics_best: dict | None, grad_norm: dict, epochs_completed: int,
+                  global_step: int, wall_s: float, params: dict, peak_memory_bytes: int | None,
+                  **extra: Any) -> dict:
+    """The whole ``result.json``. ``metrics`` are for the final weights (primary),
+    ``metrics_best`` for the best-by-val-loss checkpoint. ``metrics`` must hold
+    ``val_loss_name``, ``best_val_loss``, ``final_val_loss`` and the evaluation metrics
+    (``amp_ssim``, ``phase_ssim``, ``amp_mae``, ``phase_mae``, ``amp_psnr``, ``phase_psnr``, ...).
+    """
+    if status not in ALL_STATUSES:
+        raise ValueError(f"status {status!r} not in {ALL_STATUSES}")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": status,
+        "sweep": sweep,
+        "arm_id": arm_id,
+        "seed": seed,
+        "failure": failure_info,
+        "metrics": metrics,
+        "metrics_best": metrics_best,
+        "grad_norm": grad_norm,
+        "epochs_completed": epochs_completed,
+        "global_step": global_step,
+        "wall_s": wall_s,
+        "params": params,
+        "peak_memory_bytes": peak_memory_bytes,
+        **extra,
+    }
+
+
+# Keys every manifest.json carries (the job fills them; the aggregator relies on them).
+MANIFEST_KEYS = (
+    "schema_version", "sweep", "arm", "arm_id", "seed", "overrides", "config", "config_hash",
+    "git", "versions", "host", "device", "slurm", "start_time", "effective",
+)
