@@ -1,0 +1,78 @@
+"""``python -m ptychostab.cli.aggregate outputs/<sweep> [more sweep folders] [options]``.
+
+Writes ``runs.csv``, ``summary.csv``, ``report.md`` and ``plots/`` into the sweep folder (or
+``--out``), prints the per-arm stability table and the decision. Works on finished, partly
+finished and still-running sweeps. Exit status: 0 on success (whatever the outcome), 2 on a
+usage error (no such folder, bad rule file) or when ``--require-complete`` finds unfinished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ptychostab.sweep import aggregate as agg
+from ptychostab.sweep import decide as dec
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ptychostab.cli.aggregate",
+                                description="Aggregate sweep folders into a study report.")
+    p.add_argument("sweeps", nargs="+", type=Path,
+                   help="sweep folders (outputs/<sweep>); Stage A and Stage B may be separate")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: the sweep folder; with several, "
+                        "<parent>/report_<a>+<b>)")
+    p.add_argument("--control", default=None,
+                   help="arm label(s) or arm_id(s) of the control, comma-separated (e.g. one "
+                        "per stage); overrides the rule's control role")
+    p.add_argument("--rule", type=Path, default=dec.DEFAULT_RULE,
+                   help="decision-rule YAML (default: conf/decision/default.yaml)")
+    p.add_argument("--no-plots", action="store_true", help="skip plots/ (faster)")
+    p.add_argument("--require-complete", action="store_true",
+                   help="refuse (exit 2, write nothing) if any planned run is unfinished")
+    return p.parse_args(argv)
+
+
+def _print_summary(result: agg.Aggregate) -> None:
+    s = result.summary
+    for _, r in s.iterrows():
+        stage = f"stage {r['stage']}" if r["stage"] else "no stage"
+        print(f"  [{stage}] {r['arm_label']:<28} {r['role'] or '-':<9} "
+              f"ok {r['n_ok']}/{r['n_planned']}  failed {r['n_failed']}  "
+              f"unfinished {r['n_incomplete']}  failure rate {dec.fmt(r['failure_rate'])}")
+    d = result.decision
+    print(f"decision: {d.outcome.upper()} - {d.because}")
+    for m in d.missing:
+        print(f"  missing: {m}")
+    for w in result.warnings:
+        print(f"  warning: {w}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    absent = [str(d) for d in args.sweeps if not d.is_dir()]
+    if absent:
+        print(f"error: not a folder: {', '.join(absent)}", file=sys.stderr)
+        return 2
+    try:
+        rule = dec.load_rule(args.rule)
+    except (OSError, ValueError) as err:
+        print(f"error: decision rule {args.rule}: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = agg.aggregate(args.sweeps, out_dir=args.out, rule=rule, control=args.control,
+                               plots=not args.no_plots, require_complete=args.require_complete)
+    except agg.IncompleteSweepError as err:
+        print(f"error: --require-complete: {err}; nothing written", file=sys.stderr)
+        return 2
+    print(f"{len(result.runs)} runs in {len(result.summary)} arms")
+    _print_summary(result)
+    for f in result.files:
+        print(f"wrote {f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

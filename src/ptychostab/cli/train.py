@@ -1,0 +1,67 @@
+"""``python train.py [-m] key=value ...``: one training job per (arm, seed), through Hydra.
+
+Hydra composes and type-checks the config; resolving the run folder
+(``hydra.run.dir``/``hydra.sweep.subdir`` = ``${arm_id:}/seed=${seed}``) validates it, so a
+bad value fails before any folder exists. For ``-m`` the sweep preflight
+(ptychostab.sweep.callbacks) has by then composed and validated every job of the grid.
+
+The task hands a plain, resolved copy of the config to ``ptychostab.runs.job.run_job``, which
+records the run (manifest, history, result) and returns its result record. A failed run is
+data: the task returns its status normally, so a sweep always finishes with exit status 0
+(``strict=true`` re-raises after recording, for debugging).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from ptychostab import config as cfgmod
+from ptychostab.sweep import identity
+from ptychostab.sweep.lock import SweepLock, SweepLocked
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> str:
+    """The task body, callable without Hydra's decorator (tests call it with a HydraConfig)."""
+    hc = HydraConfig.get()
+    cfgmod.validate(cfg)
+    run_dir = Path(hc.runtime.output_dir)
+    arm_id = identity.arm_id(cfg)
+    if run_dir.parent.name != arm_id:
+        log.warning(f"run folder {run_dir} does not follow <arm_id>/seed=<k> ({arm_id}); "
+                    f"hydra.run.dir or hydra.sweep.subdir was overridden")
+    overrides = list(hc.overrides.task)
+    arm = identity.arm_dict(cfg, overrides)
+    lock = None
+    if hc.mode == RunMode.RUN:  # a single run must not write into a folder a sweep is using
+        try:
+            lock = SweepLock(run_dir.parent.parent).acquire(shared=True)
+        except SweepLocked as err:
+            raise SystemExit(str(err)) from None
+    from ptychostab.runs.job import run_job  # lazy: `--help`/`--cfg` stay fast
+
+    try:
+        result = run_job(cfgmod.to_plain(cfg), run_dir=run_dir, arm=arm, arm_id=arm_id,
+                         overrides=overrides)
+    finally:
+        if lock is not None:
+            lock.release()
+    status = str((result or {}).get("status", "unknown"))
+    log.info(f"{arm_id} seed={cfg.seed}: {status} ({run_dir})")
+    return status
+
+
+@hydra.main(version_base="1.3", config_path=str(cfgmod.CONF_DIR), config_name=cfgmod.CONFIG_NAME)
+def main(cfg: DictConfig) -> str:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Aggregate sweep folders: runs.csv, summary.csv, report.md and plots/.
+
+``aggregate([outputs/stage_a, outputs/stage_b])`` scans the folders
+(:mod:`ptychostab.sweep.collect`), tags every run with its stage, summarises each arm
+(:func:`summarize`), evaluates the decision rule (:mod:`ptychostab.sweep.decide`) and writes
+the outputs. It reads records only; it never imports training code.
+
+Per-arm definitions (``summary.csv``):
+
+- ``done = ok + failed`` (final statuses); ``incomplete = timeout + preempted + missing +
+  corrupt`` and is **not** in the failure rate: ``failure_rate = failed / done`` with a 95%
+  Wilson interval. An unfinished run has not had its chance to fail; counting it either way
+  would bias the rate.
+- Metrics: median, q25, q75, IQR over ``ok`` runs only, with a percentile-bootstrap 95%
+  interval of the median (``B = 2000``, seed 0, see :mod:`ptychostab.sweep.stats`).
+- Time to failure: Kaplan-Meier over runs with a known time (failures are events; ok,
+  timeout, preempted and started-but-unfinished runs are censored at their last epoch).
+- ``rel_change``: ``median(metric) / median(control's metric) - 1`` of the rule's metric,
+  with a bootstrap 95% interval, against the control arm of the same stage (the same sweep's
+  control when the stage has several).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ptychostab.runs import records
+from ptychostab.sweep import decide as dec
+from ptychostab.sweep import report as rep
+from ptychostab.sweep import stats
+from ptychostab.sweep.collect import Collected, collect
+
+STAGE_ORDER = {"A": 0, "B": 1, "": 2}
+COUNT_STATUSES = (*records.FAILURE_KINDS, "timeout", "preempted", "missing", "corrupt")
+
+
+@dataclass
+class Aggregate:
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    decision: dec.Decision
+    warnings: list[str]
+    report: str
+    files: list[Path] = field(default_factory=list)
+    metric_names: list[str] = field(default_factory=list)
+    arm_columns: list[str] = field(default_factory=list)
+
+
+# --- per arm ---------------------------------------------------------------------------------
+def _counts(status: np.ndarray) -> dict:
+    out = {"n_planned": int(status.size), "n_ok": int((status == records.OK).sum())}
+    for kind in COUNT_STATUSES:
+        out[f"n_{kind}"] = int((status == kind).sum())
+    out["n_failed"] = sum(out[f"n_{k}"] for k in records.FAILURE_KINDS)
+    out["n_done"] = out["n_ok"] + out["n_failed"]
+    out["n_incomplete"] = out["n_planned"] - out["n_done"]
+    lo, hi = stats.wilson_interval(out["n_failed"], out["n_done"])
+    rate = out["n_failed"] / out["n_done"] if out["n_done"] else math.nan
+    out.update(failure_rate=rate, failure_rate_lo=lo, failure_rate_hi=hi)
+    return out
+
+
+def _metric_stats(ok: pd.DataFrame, metric_names: list[str], reps: int, seed: int) -> dict:
+    out = {}
+    for m in metric_names:
+        x = stats.finite(ok[m].to_numpy(dtype=float))
+        s = stats.spread(x)
+        lo, hi = stats.bootstrap_median_ci(x, reps=reps, seed=seed)
+        out.update({f"{m}_n": s.n, f"{m}_median": s.median, f"{m}_q25": s.q25,
+                    f"{m}_q75": s.q75, f"{m}_iqr": s.iqr, f"{m}_ci_lo": lo, f"{m}_ci_hi": hi})
+    return out
+
+
+def _survival(g: pd.DataFrame) -> dict:
+    event = g["event"].fillna(False).to_numpy(dtype=bool)
+    out = {}
+    for unit, col in (("epoch", "tte_epoch"), ("s", "tte_s")):
+        t, s = stats.kaplan_meier(g[col].to_numpy(dtype=float), event)
+        out[f"km_median_{unit}"] = stats.km_median(t, s)
+        if unit == "epoch":
+            out["km_survival_final"] = stats.km_final(s)
+    return out
+
+
+def _first(values) -> object:
+    for v in values:
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            return v
+    return None
+
+
+def _arm_row(g: pd.DataFrame, arm_columns: list[str], metric_names: list[str],
+             reps: int, seed: int) -> dict:
+    first = g.iloc[0]
+    row = {"stage": first["stage"], "sweep": first["sweep"], "arm_id": first["arm_id"],
+           "arm_label": first["arm_label"]}
+    row.update({c: first[c] for c in arm_columns})
+    row.update(_counts(g["status"].to_numpy(dtype=object)))
+    ok = g[g["status"] == records.OK]
+    names = sorted({str(v) for v in g["val_loss_name"] if isinstance(v, str) and v})
+    row["val_loss_name"] = ",".join(names)
+    row["median_wall_s_ok"] = stats.spread(ok["wall_s"].to_numpy(dtype=float)).median
+    row["params_real"] = _first(g["params_real"])
+    row["n_phase_vacuous"] = int(_vacuous(g).sum())
+    row.update(_survival(g))
+    row.update(_metric_stats(ok, metric_names, reps, seed))
+    return row
+
+
+def _vacuous(runs: pd.DataFrame) -> pd.Series:
+    """Runs whose ground-truth phase is constant (or set_phi off): phase metrics mean nothing."""
+    const = runs["phase_truth_constant"].map(lambda v: v is True)
+    no_phi = runs["set_phi"].map(lambda v: v is False)
+    return const | no_phi
+
+
+def _sort_key(df: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(_o=df["stage"].map(STAGE_ORDER)).sort_values(
+        ["_o", "sweep", "arm_label", "arm_id"], kind="stable").drop(columns="_o")
+
+
+def summarize(runs: pd.DataFrame, arm_columns: list[str], metric_names: list[str],
+              rule: dec.DecisionRule, control: str | None = None,
+              reps: int = stats.BOOTSTRAP_REPS, seed: int = stats.BOOTSTRAP_SEED
+              ) -> pd.DataFrame:
+    """One row per arm (stage, sweep, arm_id): counts, failure rate, metrics, survival, roles.
+
+    ``runs`` needs a ``stage`` column (see :func:`tag_stages`).
+    """
+    if runs.empty:
+        return pd.DataFrame(columns=["stage", "sweep", "arm_id", "arm_label", "role"])
+    rows = [_arm_row(g, arm_columns, metric_names, reps, seed)
+            for _, g in runs.groupby(["stage", "sweep", "arm_id"], sort=False)]
+    summary = _sort_key(pd.DataFrame(rows)).reset_index(drop=True)
+    return _add_roles_and_change(summary, runs, rule, control, reps, seed)
+
+
+def _controls(rows: list[dict], rule, control) -> dict[int, dict]:
+    """Index of each arm row -> its control row (same stage; same sweep if ambiguous)."""
+    out = {}
+    for i, r in enumerate(rows):
+        if not r["stage"]:
+            continue
+        stage_rows = [x for x in rows if x["stage"] == r["stage"]]
+        roles, problems = dec.resolve_roles(stage_rows, rule, control)
+        if "control" not in roles:
+            roles, _ = dec.resolve_roles([x for x in stage_rows if x["sweep"] == r["sweep"]],
+                                         rule, control)
+        if "control" in roles:
+            out[i] = roles["control"]
+    return out
+
+
+def _add_roles_and_change(summary, runs, rule, control, reps, seed) -> pd.DataFrame:
+    rows = summary.to_dict("records")
+    role = [""] * len(rows)
+    for stage in ("A", "B"):
+        idx = [i for i, r in enumerate(rows) if r["stage"] == stage]
+        found, _ = dec.resolve_roles([rows[i] for i in idx], rule, control)
+        for name, r in found.items():
+            role[next(i for i in idx if rows[i] is r)] = name
+    summary.insert(4, "role", role)
+    metric = rule.metric
+    change = {"control_arm": [], "control_sweep": [], "control_arm_id": [], "rel_change": [],
+              "rel_change_lo": [], "rel_change_hi": []}
+    ok = runs[runs["status"] == records.OK]
+    ok_values = {k: g[metric].to_numpy(dtype=float) if metric in g else np.array([])
+                 for k, g in ok.groupby(["stage", "sweep", "arm_id"], sort=False)}
+    controls = _controls(rows, rule, control)
+    for i, r in enumerate(rows):
+        c = controls.get(i)
+        est = (math.nan,) * 3
+        if c is not None and c is not r:
+            x = ok_values.get((r["stage"], r["sweep"], r["arm_id"]), np.array([]))
+            y = ok_values.get((c["stage"], c["sweep"], c["arm_id"]), np.array([]))
+            est = stats.bootstrap_median_diff(x, y, relative=True, reps=reps, seed=seed)
+        for key, name in (("control_arm", "arm_label"), ("control_sweep", "sweep"),
+                          ("control_arm_id", "arm_id")):
+            change[key].append(c[name] if c is not None else "")
+        for key, v in zip(("rel_change", "rel_change_lo", "rel_change_hi"), est, strict=True):
+            change[key].append(v)
+    for key, values in change.items():
+        summary[key] = values
+    summary["rel_change_metric"] = metric
+    return summary
+
+
+# --- whole pipeline --------------------------------------------------------------------------
+def tag_stages(collected: Collected, rule: dec.DecisionRule) -> pd.DataFrame:
+    """Add the ``stage`` column (``A``/``B``/``""``) after ``sweep``."""
+    runs = collected.runs.copy()
+    depth = runs["depth"] if "depth" in runs else [None] * len(runs)
+    stage = [dec.stage_of(s, d, rule) for s, d in zip(runs["sweep"], depth, strict=True)]
+    runs.insert(1, "stage", stage)
+    return runs
+
+
+def default_out_dir(sweep_dirs: list[Path]) -> Path:
+    """The sweep folder itself; for several, ``<parent of the first>/report_<a>+<b>``."""
+    if len(sweep_dirs) == 1:
+        return sweep_dirs[0]
+    return sweep_dirs[0].parent / ("report_" + "+".join(d.name for d in sweep_dirs))
+
+
+class IncompleteSweepError(RuntimeError):
+    """Raised by ``aggregate(require_complete=True)`` when a planned run is unfinished."""
+
+
+def unfinished_text(runs: pd.DataFrame) -> str | None:
+    """``"k of n planned runs unfinished: ..."``, or None when every run is ok or failed."""
+    if runs.empty:
+        return "no runs found"
+    bad = runs[~runs["category"].isin(["ok", "failed"])]
+    if bad.empty:
+        return None
+    kinds = ", ".join(f"{n} {s}" for s, n in sorted(bad["status"].value_counts().items()))
+    return f"{len(bad)} of {len(runs)} planned runs unfinished: {kinds}"
+
+
+def aggregate(sweep_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | None = None,
+              rule: dec.DecisionRule | None = None, control: str | None = None,
+              plots: bool = True, write: bool = True, require_complete: bool = False,
+              reps: int = stats.BOOTSTRAP_REPS, seed: int = stats.BOOTSTRAP_SEED) -> Aggregate:
+    """Collect, summarise, decide, and (``write``) write runs.csv, summary.csv, report.md, plots/.
+
+    Parameters
+    ----------
+    sweep_dirs : list of path
+        Sweep folders (``outputs/<sweep>``); Stage A and Stage B may be separate folders.
+    out_dir : path, optional
+        Where to write; default :func:`default_out_dir`.
+    rule : DecisionRule, optional
+        Default: ``conf/decision/default.yaml``.
+    control : str, optional
+        Arm label(s) or arm_id(s), comma-separated, that play the control (overrides the
+        rule's control role; a stage uses the one among its arms).
+    plots : bool, default True
+        Write ``plots/*.png`` (matplotlib, Agg backend).
+    write : bool, default True
+        False computes everything and writes nothing.
+    require_complete : bool, default False
+        Raise :class:`IncompleteSweepError` (before writing anything) when a planned run is
+        unfinished (missing, timeout, preempted, corrupt) or no run is found.
+    reps, seed : int
+        Bootstrap resamples and RNG seed (defaults 2000 and 0).
+    """
+    dirs = [Path(d) for d in sweep_dirs]
+    rule = rule or dec.load_rule()
+    collected = collect(dirs)
+    if require_complete and (why := unfinished_text(collected.runs)):
+        raise IncompleteSweepError(why)
+    runs = tag_stages(collected, rule)
+    summary = summarize(runs, collected.arm_columns, collected.metric_names, rule, control,
+                        reps=reps, seed=seed)
+    decision = dec.decide(summary.to_dict("records"), rule, control)
+    keys = summary[["sweep", "arm_id"]].itertuples(index=False, name=None)
+    roles = dict(zip(keys, summary["role"], strict=True))
+    run_keys = runs[["sweep", "arm_id"]].itertuples(index=False, name=None)
+    runs.insert(2, "role", [roles.get(k, "") for k in run_keys])
+    warnings = rep.warnings_for(runs, summary, collected.problems, rule)
+    out = Path(out_dir) if out_dir else default_out_dir(dirs)
+    files: list[Path] = []
+    if write and plots:
+        from ptychostab.sweep import plots as plotting  # matplotlib only when asked
+
+        files += plotting.make_plots(runs, summary, out / "plots", collected.metric_names,
+                                     rule)
+    text = rep.render(runs, summary, decision, warnings, rule,
+                      sources=[d.name for d in dirs], metric_names=collected.metric_names,
+                      plots=[p.relative_to(out).as_posix() for p in files], reps=reps, seed=seed)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        runs.drop(columns=["_path"]).to_csv(out / "runs.csv", index=False)
+        summary.to_csv(out / "summary.csv", index=False)
+        records.atomic_write_text(out / "report.md", text)
+        files = [out / "runs.csv", out / "summary.csv", out / "report.md", *files]
+    return Aggregate(runs, summary, decision, warnings, text, files, collected.metric_names,
+                     collected.arm_columns)

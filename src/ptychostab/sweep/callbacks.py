@@ -1,0 +1,184 @@
+"""Hydra callback of every sweep (``hydra.callbacks.preflight`` in conf/train.yaml).
+
+``on_multirun_start`` runs in the launcher process before the sweeper launches anything:
+
+1. expand the grid and compose + validate every job (:func:`ptychostab.sweep.plan.build`);
+2. refuse arms that cannot be built or exceed ``plan.max_memory_gb``;
+3. take the sweep lock (a second sweep on the same folder is refused);
+4. write ``plan.csv`` and log the plan.
+
+A refusal exits the process (status 1) with the reason: Hydra turns an ``Exception`` raised in
+a callback into a warning and carries on, so the refusal is a ``SystemExit``.
+
+The plan stays in this process (module state, never on the callback object: Hydra pickles its
+callbacks into every submitit job) for the launchers in ``hydra_plugins.ptychostab_launcher``,
+which skip finished runs and record runs the scheduler killed (:func:`record_killed`).
+
+``on_job_end`` (in the job's process) is a safety net: a job whose task raised anyway and left
+no final ``result.json`` gets an ``exception`` record, so the aggregator sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from ptychostab.runs import records
+from ptychostab.sweep import plan as planmod
+from ptychostab.sweep.lock import SweepLock, SweepLocked
+
+log = logging.getLogger(__name__)
+
+_STATE: dict[str, Any] = {"plan": None, "lock": None}
+
+
+class SweepRefused(SystemExit):
+    """The preflight refuses to launch; the message says why (exit status 1)."""
+
+
+def current_plan() -> planmod.Plan | None:
+    return _STATE["plan"]
+
+
+def preflight(config: DictConfig) -> planmod.Plan | None:
+    """Steps 1-4 above; returns the plan (None for sweepers other than the basic grid)."""
+    lock_dir = Path(str(config.hydra.sweep.dir))
+    if not planmod.is_basic_sweeper(config):
+        log.warning("not the basic grid sweeper: no plan, only the sweep lock")
+        _take_lock(lock_dir)
+        return None
+    try:
+        plan = planmod.build(config, GlobalHydra.instance().config_loader())
+    except planmod.PlanError as err:
+        raise SweepRefused(f"preflight: {err}\nNothing was launched.") from None
+    refused = plan.refusals()
+    if refused:
+        raise SweepRefused("preflight: refusing to launch; arm(s) that cannot run:\n  - "
+                           + "\n  - ".join(refused) + "\nNothing was launched.")
+    _take_lock(plan.sweep_dir)
+    planmod.write_csv(plan)
+    log.info("plan (%s):\n%s", plan.sweep_dir / planmod.PLAN_CSV, planmod.format_plan(plan))
+    _STATE["plan"] = plan
+    return plan
+
+
+def _take_lock(sweep_dir: Path) -> None:
+    try:
+        _STATE["lock"] = SweepLock(sweep_dir).acquire()
+    except SweepLocked as err:
+        raise SweepRefused(f"preflight: {err}\nNothing was launched.") from None
+
+
+def release() -> None:
+    lock = _STATE.get("lock")
+    if lock is not None:
+        lock.release()
+    _STATE.update(plan=None, lock=None)
+
+
+class SweepPreflight(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        release()  # a previous sweep in this process (tests) must not leak its plan
+        preflight(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        plan = current_plan()
+        if plan is not None:
+            found = {s: 0 for s in ("ok", "failed", "incomplete", "none")}
+            for job in plan.jobs:
+                status = planmod._status(job.run_dir)[1]
+                key = ("ok" if status == records.OK else "failed" if records.is_final(status)
+                       else "none" if status is None else "incomplete")
+                found[key] += 1
+            log.info(f"sweep {plan.sweep!r} ended: {found['ok']} ok, {found['failed']} failed, "
+                     f"{found['incomplete']} incomplete, {found['none']} without result "
+                     f"(aggregate: python -m ptychostab.cli.aggregate {plan.sweep_dir})")
+        release()
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status != JobStatus.FAILED:
+            return
+        try:
+            run_dir = Path(str(config.hydra.runtime.output_dir))
+            loaded = records.read_json(run_dir / records.RESULT)
+            if loaded.ok and records.is_final(loaded.data.get("status")):
+                return
+            err = job_return._return_value
+            text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            records.atomic_write_text(run_dir / records.TRACEBACK, text)
+            _write_result(run_dir, config, "exception", f"{type(err).__name__}: {err}",
+                          recorded_by="hydra on_job_end")
+        except Exception as err:  # never mask the job's own error
+            log.warning(f"on_job_end could not record the failure: {err}")
+
+
+# --- records for runs that could not write their own ----------------------------------------------
+def _write_result(run_dir: Path, cfg: Any, status: str, message: str, **extra: Any) -> None:
+    """An ``exception``/``timeout``/``preempted``/``oom`` result for a run that died early,
+    built from what is on disk (manifest, history)."""
+    manifest = records.read_json(run_dir / records.MANIFEST).data or {}
+    rows = records.read_history(run_dir / records.HISTORY).data or []
+    last = rows[-1] if rows else {}
+    epoch = int(last["epoch"]) + 1 if rows and last.get("epoch") == last.get("epoch") else 0
+    step = last.get("global_step")
+    wall = last.get("wall_s")
+    step = int(step) if isinstance(step, float) and step == step else None
+    wall = float(wall) if isinstance(wall, float) and wall == wall else None
+    sweep = manifest.get("sweep") or _get(cfg, "sweep")
+    arm_id = manifest.get("arm_id") or run_dir.parent.name
+    seed = manifest.get("seed", _get(cfg, "seed"))
+    record = records.result_record(
+        status=status, sweep=sweep, arm_id=arm_id, seed=seed,
+        failure_info=records.failure(status, epoch=epoch, step=step, wall_s=wall,
+                                     message=message),
+        metrics={}, metrics_best=None, grad_norm={}, epochs_completed=len(rows),
+        global_step=step or 0, wall_s=wall or 0.0, params={}, peak_memory_bytes=None, **extra)
+    records.atomic_write_json(run_dir / records.RESULT, record)
+
+
+def _get(cfg: Any, key: str) -> Any:
+    try:
+        return cfg[key] if cfg is not None else None
+    except Exception:
+        return None
+
+
+# SLURM job states (sacct) -> record status. Anything else that kills a started job
+# (CANCELLED, PREEMPTED, NODE_FAIL, REQUEUED, ...) is "preempted": stopped from outside,
+# resumable from last.ckpt by the next run of the sweep.
+_STATE_STATUS = {"TIMEOUT": "timeout", "DEADLINE": "timeout", "OUT_OF_MEMORY": "oom"}
+
+
+def status_for_state(state: str) -> str:
+    return _STATE_STATUS.get(state.split()[0].upper() if state else "", "preempted")
+
+
+def record_killed(plan: planmod.Plan | None, overrides: Sequence[str], *, state: str,
+                  job_id: str, message: str = "") -> str:
+    """Record a job the scheduler ended without a result; returns the status it now has.
+
+    A job that never started (no manifest.json) is left alone: it is ``missing`` (plan.csv
+    lists it). A final result (the job finished just before the kill) is never overwritten.
+    """
+    job = plan.job_for(overrides) if plan is not None else None
+    if job is None:
+        return "unknown"
+    run_dir = job.run_dir
+    current = records.read_json(run_dir / records.RESULT)
+    if current.ok and records.is_final(current.data.get("status")):
+        return str(current.data["status"])
+    if not (run_dir / records.MANIFEST).exists():
+        return "missing"
+    status = status_for_state(state)
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    _write_result(run_dir, {"sweep": plan.sweep, "seed": job.seed}, status,
+                  f"SLURM job {job_id} ended in state {state} without a result. {first}".strip(),
+                  recorded_by="launcher", slurm_state=state, slurm_job_id=job_id)
+    return status

@@ -1,0 +1,125 @@
+"""Statistics against numpy and hand computations."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ptychostab.sweep import stats
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 11])
+def test_spread_matches_numpy(n):
+    x = np.random.default_rng(n).lognormal(size=n)
+    s = stats.spread(x)
+    assert s.n == n
+    assert s.median == np.median(x)
+    assert s.q25 == np.percentile(x, 25) and s.q75 == np.percentile(x, 75)
+    assert s.iqr == pytest.approx(np.percentile(x, 75) - np.percentile(x, 25))
+
+
+def test_spread_hand_example_and_non_finite_dropped():
+    s = stats.spread([4.0, 1.0, None, 3.0, float("nan"), 2.0, float("inf")])
+    # finite sample 1, 2, 3, 4: median 2.5, q25 = 1 + 0.75 * 1 = 1.75, q75 = 3.25
+    assert (s.n, s.median, s.q25, s.q75, s.iqr) == (4, 2.5, 1.75, 3.25, 1.5)
+
+
+def test_spread_empty_is_nan():
+    s = stats.spread([None, float("nan")])
+    assert s.n == 0 and math.isnan(s.median) and math.isnan(s.iqr)
+
+
+def _wilson_by_quadratic(k, n, z=1.959963984540054):
+    # bounds solve (p_hat - p)^2 = z^2 p (1 - p) / n  <=>  a p^2 + b p + c = 0
+    p_hat = k / n
+    a, b, c = 1 + z * z / n, -(2 * p_hat + z * z / n), p_hat * p_hat
+    return tuple(sorted(np.roots([a, b, c]).real))
+
+
+def test_wilson_three_of_ten_by_hand():
+    lo, hi = stats.wilson_interval(3, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.1078, 0.6032)  # textbook value
+    assert (lo, hi) == pytest.approx(_wilson_by_quadratic(3, 10), abs=1e-12)
+
+
+@pytest.mark.parametrize("k,n", [(1, 7), (5, 10), (9, 10), (17, 40)])
+def test_wilson_matches_quadratic_solution(k, n):
+    assert stats.wilson_interval(k, n) == pytest.approx(_wilson_by_quadratic(k, n), abs=1e-12)
+
+
+def test_wilson_edges():
+    z2 = 1.959963984540054 ** 2
+    assert stats.wilson_interval(0, 10) == (0.0, pytest.approx(z2 / (10 + z2)))
+    assert stats.wilson_interval(10, 10) == (pytest.approx(10 / (10 + z2)), 1.0)
+    assert all(math.isnan(v) for v in stats.wilson_interval(0, 0))
+    with pytest.raises(ValueError):
+        stats.wilson_interval(3, 2)
+
+
+def test_bootstrap_median_ci_equals_plain_resampling_of_ranks_with_seed_0():
+    x = np.random.default_rng(3).normal(size=13)
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, x.size, size=(2000, x.size))
+    expected = np.percentile(np.median(np.sort(x)[idx], axis=1), [2.5, 97.5])
+    assert stats.bootstrap_median_ci(x) == pytest.approx(tuple(expected), abs=0)
+
+
+def test_bootstrap_median_ci_properties():
+    x = np.arange(20.0)
+    lo, hi = stats.bootstrap_median_ci(x)
+    assert lo <= np.median(x) <= hi
+    assert stats.bootstrap_median_ci(x) == stats.bootstrap_median_ci(x)  # fixed seed
+    assert stats.bootstrap_median_ci(x, seed=1) != stats.bootstrap_median_ci(x, seed=0)
+    assert stats.bootstrap_median_ci([2.5]) == (2.5, 2.5)
+    assert all(math.isnan(v) for v in stats.bootstrap_median_ci([]))
+
+
+def test_bootstrap_chunking_gives_same_numbers(monkeypatch):
+    x = np.random.default_rng(5).normal(size=50)
+    whole = stats.bootstrap_median_ci(x, reps=300)
+    stats._median_ranks.cache_clear()
+    monkeypatch.setattr(stats, "_MAX_BOOT_CELLS", 50 * 7)  # 7 resamples per chunk
+    assert stats.bootstrap_median_ci(x, reps=300) == pytest.approx(whole)
+    stats._median_ranks.cache_clear()
+
+
+@pytest.mark.parametrize("n", [2, 7, 10])
+def test_bootstrap_medians_of_even_and_odd_samples(n):
+    x = np.random.default_rng(n).normal(size=n)
+    idx = np.random.default_rng(4).integers(0, n, size=(500, n))
+    expected = np.median(np.sort(x)[idx], axis=1)
+    assert stats.bootstrap_medians(x, reps=500, seed=4) == pytest.approx(expected, abs=0)
+
+
+def test_bootstrap_median_diff():
+    x, y = np.array([1.1, 1.2, 1.3, 1.4, 1.5]), np.array([1.0, 1.0, 1.0, 1.0, 1.0])
+    est, lo, hi = stats.bootstrap_median_diff(x, y)
+    assert est == pytest.approx(0.3)
+    assert lo == pytest.approx(0.1) and hi == pytest.approx(0.5)  # y constant: x's range
+    est, lo, hi = stats.bootstrap_median_diff(x, y, relative=False)
+    assert est == pytest.approx(0.3) and lo <= est <= hi
+    assert all(math.isnan(v) for v in stats.bootstrap_median_diff([], y))
+    assert all(math.isnan(v) for v in stats.bootstrap_median_diff(x, [0.0]))  # zero reference
+
+
+def test_kaplan_meier_hand_example():
+    # six runs: failures at 1, 2, 3; censored at 2, 4, 5
+    t, s = stats.kaplan_meier([1, 2, 2, 3, 4, 5], [1, 1, 0, 1, 0, 0])
+    assert t.tolist() == [1, 2, 3]
+    # S(1) = 5/6; S(2) = 5/6 * 4/5 (the run censored at 2 is still at risk); S(3) = .. * 2/3
+    assert s == pytest.approx([5 / 6, 4 / 6, 4 / 6 * 2 / 3])
+    assert stats.km_median(t, s) == 3.0
+    assert stats.km_final(s) == pytest.approx(4 / 9)
+
+
+def test_kaplan_meier_no_event_and_median_not_reached():
+    t, s = stats.kaplan_meier([50, 50, 50], [0, 0, 0])
+    assert t.size == 0 and math.isnan(stats.km_median(t, s)) and stats.km_final(s) == 1.0
+    t, s = stats.kaplan_meier([5, 50, 50, 50, float("nan")], [1, 0, 0, 0, 1])
+    assert s.tolist() == [0.75] and math.isnan(stats.km_median(t, s))
+
+
+def test_kaplan_meier_all_fail():
+    t, s = stats.kaplan_meier([3, 1, 2, 2], [1, 1, 1, 1])
+    assert t.tolist() == [1, 2, 3] and s == pytest.approx([0.75, 0.25, 0.0])
+    assert stats.km_median(t, s) == 2.0
