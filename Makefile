@@ -23,4 +23,67 @@ install: $(VENV)/.installed ## make .venv: torch==2.13.0 (CPU wheel) first, then
 test: install ## run the default (fast) test suite
 	$(PY) -m pytest -q
 
-.PHONY: help install test
+# --- experiments (experiments/README.md) ------------------------------------------------------
+LAUNCHER ?= local# local | submitit_local | slurm
+OUT ?= outputs# output root: runs land in $(OUT)/<sweep>/<arm_id>/seed=<k>/
+EXP ?=# an experiment of experiments/ (its sweep folder has the same name)
+ARGS ?=# extra Hydra overrides, e.g. ARGS="trainer.max_epochs=20 'seed=range(3)'"
+
+demo: install ## the README's first job: Stage A's shape on tiny data on CPU (~3 min), then its report
+	$(PY) train.py -m +experiment=demo paths.output_root=$(OUT) $(ARGS)
+	@$(MAKE) --no-print-directory aggregate EXP=demo
+
+plan: install ## dry run: grid, done/failed/to-do, params, memory, time; writes plan.csv (EXP=stage_a)
+	@test -n "$(EXP)" || { echo "usage: make plan EXP=<experiment> [ARGS=...]"; exit 2; }
+	$(PY) -m ptychostab.cli.plan +experiment=$(EXP) launcher=$(LAUNCHER) paths.output_root=$(OUT) $(ARGS)
+
+# sweep EXPERIMENT: in the foreground, or for SLURM in the background (the submitit launcher
+# blocks until every job ends): its log goes to $(OUT)/<sweep>/launcher.log. Re-running the
+# same target resumes the sweep (finished runs are skipped, interrupted ones resume).
+define sweep
+	@if [ "$(LAUNCHER)" != slurm ]; then \
+	  set -x; $(PY) train.py -m +experiment=$(1) launcher=$(LAUNCHER) paths.output_root=$(OUT) $(ARGS); \
+	else \
+	  log="$(OUT)/$(1)/launcher.log"; mkdir -p "$(OUT)/$(1)"; touch "$$log"; \
+	  from=$$(( $$(wc -l < "$$log") + 1 )); \
+	  setsid nohup $(PY) train.py -m +experiment=$(1) launcher=slurm paths.output_root=$(OUT) \
+	    $(ARGS) >> "$$log" 2>&1 < /dev/null & pid=$$!; \
+	  echo "launcher pid $$pid: composing and checking every job (log: $$log)"; \
+	  for i in $$(seq 600); do \
+	    if tail -n +$$from "$$log" | grep -qE 'Submitted [0-9]+ job|Skipping [0-9]+ run'; then break; fi; \
+	    if ! kill -0 $$pid 2>/dev/null; then tail -n +$$from "$$log" | tail -25; \
+	      echo "the launcher stopped before submitting (see above)"; exit 1; fi; \
+	    sleep 0.5; \
+	  done; \
+	  echo "the launcher runs in the background (jobs submitted): safe to log out. Follow: tail -f $$log   queue: squeue --me"; \
+	  echo "resume after an interruption: make $(2) LAUNCHER=slurm (finished runs are skipped)"; \
+	fi
+endef
+
+stage-a: install ## Stage A: control/arch_fix/opt_fix x 10 seeds, depth 4 (LAUNCHER=local|submitit_local|slurm)
+	$(call sweep,stage_a,stage-a)
+
+clip-sweep: install ## control sensitivity: hybrid, norm clip 1..100 x 5 seeds (LAUNCHER=...)
+	$(call sweep,clip_sweep,clip-sweep)
+
+stage-b: install ## Stage B: the arms at depth 8 x 10 seeds (LAUNCHER=...)
+	$(call sweep,stage_b,stage-b)
+
+aggregate: ## aggregate a sweep folder: runs.csv, summary.csv, report.md, plots (EXP=stage_a)
+	@test -n "$(EXP)" || { echo "usage: make aggregate EXP=<sweep>  (folder $(OUT)/<sweep>)"; exit 2; }
+	@if $(PY) -c "import ptychostab.cli.aggregate" 2>/dev/null; then \
+	  $(PY) -m ptychostab.cli.aggregate $(OUT)/$(EXP); \
+	else echo "the aggregator (ptychostab.cli.aggregate) is not installed yet"; fi
+
+# --- a local SLURM cluster (root; Debian) ---------------------------------------------------
+slurm-up: ## start a single-node SLURM cluster with accounting here (root; idempotent)
+	bash scripts/slurm_up.sh
+
+slurm-down: ## stop the daemons slurm-up started (and only those)
+	bash scripts/slurm_down.sh
+
+clean: ## remove caches and stray Lightning/Hydra folders (never outputs/ or .cache/datasets)
+	rm -rf .pytest_cache .ruff_cache multirun lightning_logs
+	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: help install test demo plan stage-a clip-sweep stage-b aggregate slurm-up slurm-down clean

@@ -71,3 +71,25 @@ def test_bad_config_raises_like_build_generator():
         describe({"name": "hybrid", "width": 8})
     with pytest.raises(ValueError, match="levels=9"):
         describe({"name": "hybrid", "fno_blocks": 9, "levels": 9})
+
+
+def test_meta_estimate_equals_the_same_count_on_real_tensors():
+    """The meta forward saves exactly what a real CPU forward saves (same ops, same shapes)."""
+    torch.manual_seed(0)
+    model = build_generator("stable_hybrid", hidden_channels=4, n_modes=4, N=32,
+                            layerscale_init=1e-2)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen, total = set(params), 0
+
+    def pack(t):
+        nonlocal total
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(torch.rand(3, 1, 32, 32))
+    total += out.numel() * out.element_size()
+    assert saved_activation_bytes(model, (3, 1, 32, 32)) == total

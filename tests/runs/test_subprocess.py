@@ -1,4 +1,8 @@
-"""The job as a process (``python -m ptychostab.runs.job``): exit codes, SIGKILL, SIGTERM."""
+"""The job as a process (``python -m ptychostab.runs.job``): exit codes, SIGKILL, SIGTERM.
+
+The three processes start together (module fixture) so that their imports of torch and
+Lightning overlap: the suite pays for one process start, not three.
+"""
 
 import os
 import signal
@@ -15,18 +19,34 @@ from ptychostab.runs.job import run_job
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
 
 
-def start(cfg, tmp_path, run_dir):
+# Imports first, then waits for a "go" file before calling the same main() as `-m`: the
+# processes' slow imports overlap, and each test starts its own job when it is ready for it.
+GATED = """
+import os, sys, time
+from ptychostab.runs.job import main
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.01)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def start(cfg, tmp_path, run_dir, gated=False):
     from omegaconf import OmegaConf
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     config = tmp_path / "config.yaml"
     OmegaConf.save(cfg, config)
-    return subprocess.Popen(
-        [sys.executable, "-m", "ptychostab.runs.job", "--config", str(config),
-         "--run-dir", str(run_dir), "--arm-id", "proc"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = ["--config", str(config), "--run-dir", str(run_dir), "--arm-id", "proc"]
+    head = ["-c", GATED, str(tmp_path / "go")] if gated else ["-m", "ptychostab.runs.job"]
+    return subprocess.Popen([sys.executable, *head, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
-def wait_for_epochs(proc, run_dir, n, timeout=120):
+def go(run_dir):
+    (run_dir.parent / "go").touch()
+
+
+def wait_for_epochs(proc, run_dir, n, timeout=180):
     """Block until history.csv holds ``n`` rows (the process is then inside epoch ``n``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -46,29 +66,38 @@ def rows(run_dir):
 
 
 @pytest.fixture(scope="module")
-def slow_cfg_and_reference(tmp_path_factory):
-    """4 epochs of 49 one-sample steps (a few tenths of a second each) and the history of an
-    uninterrupted run of it."""
+def jobs(tmp_path_factory):
+    """Three job processes started at once, plus the history of an uninterrupted in-process
+    run of the slow config (4 epochs of 49 one-sample steps, a few tenths of a second each)."""
     from ptychostab.training.testing import tiny_config
 
-    cfg = tiny_config(**{"trainer.batch_size": 1, "trainer.max_epochs": 4})
-    ref = tmp_path_factory.mktemp("reference")
-    run_job(cfg, run_dir=ref, arm={}, arm_id="proc", overrides=[])
-    return cfg, rows(ref)
+    root = tmp_path_factory.mktemp("procs")
+    slow = tiny_config(**{"trainer.batch_size": 1, "trainer.max_epochs": 4})
+    failing = tiny_config(**{"failure.test_inject_exception_step": 1})
+    procs = {name: (start(cfg, root / name, root / name / "run", gated=name != "failing"),
+                    root / name / "run")
+             for name, cfg in (("failing", failing), ("kill", slow), ("term", slow))}
+    ref = root / "reference"
+    run_job(slow, run_dir=ref, arm={}, arm_id="proc", overrides=[])
+    yield slow, rows(ref), procs
+    for proc, _ in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
-def test_failed_run_exits_zero(make_cfg, tmp_path):
-    proc = start(make_cfg(**{"failure.test_inject_exception_step": 1}), tmp_path, tmp_path / "r")
-    out, _ = proc.communicate(timeout=120)
+def test_failed_run_exits_zero(jobs):
+    proc, run_dir = jobs[2]["failing"]
+    out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, out
-    assert records.read_json(tmp_path / "r" / records.RESULT).data["status"] == "exception"
+    assert records.read_json(run_dir / records.RESULT).data["status"] == "exception"
     assert "status: exception" in out
 
 
-def test_sigkill_mid_epoch_then_rerun_resumes_from_last_ckpt(slow_cfg_and_reference, tmp_path):
-    cfg, reference = slow_cfg_and_reference
-    run_dir = tmp_path / "run"
-    proc = start(cfg, tmp_path, run_dir)
+def test_sigkill_mid_epoch_then_rerun_resumes_from_last_ckpt(jobs):
+    cfg, reference, procs = jobs
+    proc, run_dir = procs["kill"]
+    go(run_dir)
     wait_for_epochs(proc, run_dir, 1)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
@@ -84,10 +113,10 @@ def test_sigkill_mid_epoch_then_rerun_resumes_from_last_ckpt(slow_cfg_and_refere
     assert resumed["epoch"] == killed_at and resumed["reason"] == "epoch_end"
 
 
-def test_sigterm_saves_records_preempted_and_exits_143(slow_cfg_and_reference, tmp_path):
-    cfg, reference = slow_cfg_and_reference
-    run_dir = tmp_path / "run"
-    proc = start(cfg, tmp_path, run_dir)
+def test_sigterm_saves_records_preempted_and_exits_143(jobs):
+    cfg, reference, procs = jobs
+    proc, run_dir = procs["term"]
+    go(run_dir)
     wait_for_epochs(proc, run_dir, 1)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)

@@ -154,6 +154,12 @@ def write_arm(sweep_dir: Path, arm: dict, outcomes: list, **kw) -> None:
             write_run(sweep_dir, arm, seed, "ok", loss=out, **kw)
 
 
+@pytest.fixture(autouse=True)
+def _no_fsync(monkeypatch):
+    """Synthetic records need no durability; skipping fsync keeps these tests fast."""
+    monkeypatch.setattr(records.os, "fsync", lambda fd: None)
+
+
 @pytest.fixture
 def factory():
     """The module's writers, for tests: ``factory.write_run(...)`` etc."""

@@ -110,11 +110,11 @@ def describe(model_or_config: nn.Module | Mapping[str, Any], batch_size: int = 1
         model = build_on_meta(resolve_config(**_config_dict(model_or_config)))
         check_size(model)
 
-    named = list(model.named_parameters())
-    params_numel = sum(p.numel() for _, p in named)
-    params_real = sum(p.numel() * (2 if p.is_complex() else 1) for _, p in named)
-    param_bytes = sum(p.numel() * p.element_size() for _, p in named)
-    largest = max(named, key=lambda np_: np_[1].numel() * np_[1].element_size(), default=None)
+    sizes = {name: p.numel() * p.element_size() for name, p in model.named_parameters()}
+    params_numel = sum(p.numel() for p in model.parameters())
+    params_real = sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters())
+    param_bytes = sum(sizes.values())
+    largest = max(sizes, key=sizes.get, default=None)  # the tensor an OOM report names
     channels = getattr(model, "channels", None)
     N, in_channels = getattr(model, "N", None), getattr(model, "in_channels", None)
     activation = None
@@ -123,12 +123,11 @@ def describe(model_or_config: nn.Module | Mapping[str, Any], batch_size: int = 1
     config = getattr(model, "config", None)
     return {
         "name": None if config is None else config["name"],
-        "config": config,
+        "config": None if config is None else dict(config),
         "params_real": params_real,
         "params_numel": params_numel,
         "param_bytes": param_bytes,
-        "largest_param": None if largest is None else
-        {"name": largest[0], "bytes": largest[1].numel() * largest[1].element_size()},
+        "largest_param": None if largest is None else {"name": largest, "bytes": sizes[largest]},
         "channels": None if channels is None else list(channels),
         "blocks_per_level": getattr(model, "blocks_per_level", None),
         "levels": None if channels is None else len(channels),

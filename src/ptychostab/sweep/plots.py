@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 import matplotlib
@@ -181,8 +182,8 @@ def load_recon(run_path: str | None) -> tuple[np.ndarray, np.ndarray] | None:
     try:
         with np.load(Path(run_path) / RECON, allow_pickle=False) as z:
             pred, truth = np.asarray(z["pred"]), np.asarray(z["truth"])
-    except (OSError, KeyError, ValueError):
-        return None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
+        return None  # an optional artefact: damaged means skipped, never a crash
     return (pred, truth) if pred.ndim == 2 and truth.ndim == 2 else None
 
 
