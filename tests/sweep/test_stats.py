@@ -91,6 +91,20 @@ def test_bootstrap_medians_of_even_and_odd_samples(n):
     assert stats.bootstrap_medians(x, reps=500, seed=4) == pytest.approx(expected, abs=0)
 
 
+def test_column_summaries_equal_the_per_column_functions():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(12, 4))
+    x[3, 1] = np.nan
+    x[:11, 2] = np.inf  # one finite value left
+    x[:, 3] = np.nan  # none
+    cols = stats.column_summaries(x)
+    for j in range(4):
+        s, ci = stats.spread(x[:, j]), stats.bootstrap_median_ci(x[:, j])
+        assert cols["n"][j] == s.n
+        got = [cols[k][j] for k in ("median", "q25", "q75", "iqr", "ci_lo", "ci_hi")]
+        assert got == pytest.approx([s.median, s.q25, s.q75, s.iqr, *ci], abs=0, nan_ok=True)
+
+
 def test_bootstrap_median_diff():
     x, y = np.array([1.1, 1.2, 1.3, 1.4, 1.5]), np.array([1.0, 1.0, 1.0, 1.0, 1.0])
     est, lo, hi = stats.bootstrap_median_diff(x, y)

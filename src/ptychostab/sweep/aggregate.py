@@ -66,22 +66,21 @@ def _counts(status: np.ndarray) -> dict:
     return out
 
 
-def _metric_stats(ok: pd.DataFrame, metric_names: list[str], reps: int, seed: int) -> dict:
+def _metric_stats(values: np.ndarray, metric_names: list[str], reps: int, seed: int) -> dict:
+    """Spread and bootstrap CI of each metric column (rows: the arm's ok runs)."""
+    cols = stats.column_summaries(values.reshape(len(values), len(metric_names)), reps=reps,
+                                  seed=seed)
     out = {}
-    for m in metric_names:
-        x = stats.finite(ok[m].to_numpy(dtype=float))
-        s = stats.spread(x)
-        lo, hi = stats.bootstrap_median_ci(x, reps=reps, seed=seed)
-        out.update({f"{m}_n": s.n, f"{m}_median": s.median, f"{m}_q25": s.q25,
-                    f"{m}_q75": s.q75, f"{m}_iqr": s.iqr, f"{m}_ci_lo": lo, f"{m}_ci_hi": hi})
+    for j, m in enumerate(metric_names):
+        out.update({f"{m}_{k}": (int(v[j]) if k == "n" else float(v[j]))
+                    for k, v in cols.items()})
     return out
 
 
-def _survival(g: pd.DataFrame) -> dict:
-    event = g["event"].fillna(False).to_numpy(dtype=bool)
+def _survival(tte_epoch: np.ndarray, tte_s: np.ndarray, event: np.ndarray) -> dict:
     out = {}
-    for unit, col in (("epoch", "tte_epoch"), ("s", "tte_s")):
-        t, s = stats.kaplan_meier(g[col].to_numpy(dtype=float), event)
+    for unit, times in (("epoch", tte_epoch), ("s", tte_s)):
+        t, s = stats.kaplan_meier(times, event)
         out[f"km_median_{unit}"] = stats.km_median(t, s)
         if unit == "epoch":
             out["km_survival_final"] = stats.km_final(s)
@@ -95,29 +94,44 @@ def _first(values) -> object:
     return None
 
 
-def _arm_row(g: pd.DataFrame, arm_columns: list[str], metric_names: list[str],
-             reps: int, seed: int) -> dict:
-    first = g.iloc[0]
-    row = {"stage": first["stage"], "sweep": first["sweep"], "arm_id": first["arm_id"],
-           "arm_label": first["arm_label"]}
-    row.update({c: first[c] for c in arm_columns})
-    row.update(_counts(g["status"].to_numpy(dtype=object)))
-    ok = g[g["status"] == records.OK]
-    names = sorted({str(v) for v in g["val_loss_name"] if isinstance(v, str) and v})
-    row["val_loss_name"] = ",".join(names)
-    row["median_wall_s_ok"] = stats.spread(ok["wall_s"].to_numpy(dtype=float)).median
-    row["params_real"] = _first(g["params_real"])
-    row["n_phase_vacuous"] = int(_vacuous(g).sum())
-    row.update(_survival(g))
-    row.update(_metric_stats(ok, metric_names, reps, seed))
-    return row
-
-
-def _vacuous(runs: pd.DataFrame) -> pd.Series:
+def _vacuous(runs: pd.DataFrame) -> np.ndarray:
     """Runs whose ground-truth phase is constant (or set_phi off): phase metrics mean nothing."""
     const = runs["phase_truth_constant"].map(lambda v: v is True)
     no_phi = runs["set_phi"].map(lambda v: v is False)
-    return const | no_phi
+    return (const | no_phi).to_numpy(dtype=bool)
+
+
+class _Columns:
+    """The runs table as numpy arrays, so per-arm work is array slicing, not pandas."""
+
+    def __init__(self, runs: pd.DataFrame, arm_columns: list[str], metric_names: list[str]):
+        self.ident = {c: runs[c].to_numpy(dtype=object)
+                      for c in ("stage", "sweep", "arm_id", "arm_label", *arm_columns)}
+        self.status = runs["status"].to_numpy(dtype=object)
+        self.val_loss_name = runs["val_loss_name"].to_numpy(dtype=object)
+        self.params_real = runs["params_real"].to_numpy(dtype=object)
+        self.wall_s = runs["wall_s"].to_numpy(dtype=float)
+        self.event = runs["event"].fillna(False).to_numpy(dtype=bool)
+        self.tte_epoch = runs["tte_epoch"].to_numpy(dtype=float)
+        self.tte_s = runs["tte_s"].to_numpy(dtype=float)
+        self.vacuous = _vacuous(runs)
+        self.metrics = runs[metric_names].to_numpy(dtype=float)
+
+
+def _arm_row(c: _Columns, idx: np.ndarray, metric_names: list[str], reps: int,
+             seed: int) -> dict:
+    row = {k: v[idx[0]] for k, v in c.ident.items()}
+    status = c.status[idx]
+    row.update(_counts(status))
+    ok = idx[status == records.OK]
+    names = sorted({str(v) for v in c.val_loss_name[idx] if isinstance(v, str) and v})
+    row["val_loss_name"] = ",".join(names)
+    row["median_wall_s_ok"] = stats.spread(c.wall_s[ok]).median
+    row["params_real"] = _first(c.params_real[idx])
+    row["n_phase_vacuous"] = int(c.vacuous[idx].sum())
+    row.update(_survival(c.tte_epoch[idx], c.tte_s[idx], c.event[idx]))
+    row.update(_metric_stats(c.metrics[ok], metric_names, reps, seed))
+    return row
 
 
 def _sort_key(df: pd.DataFrame) -> pd.DataFrame:
@@ -135,25 +149,29 @@ def summarize(runs: pd.DataFrame, arm_columns: list[str], metric_names: list[str
     """
     if runs.empty:
         return pd.DataFrame(columns=["stage", "sweep", "arm_id", "arm_label", "role"])
-    rows = [_arm_row(g, arm_columns, metric_names, reps, seed)
-            for _, g in runs.groupby(["stage", "sweep", "arm_id"], sort=False)]
+    columns = _Columns(runs, arm_columns, metric_names)
+    groups = runs.groupby(["stage", "sweep", "arm_id"], sort=False).indices
+    rows = [_arm_row(columns, idx, metric_names, reps, seed) for idx in groups.values()]
     summary = _sort_key(pd.DataFrame(rows)).reset_index(drop=True)
     return _add_roles_and_change(summary, runs, rule, control, reps, seed)
 
 
 def _controls(rows: list[dict], rule, control) -> dict[int, dict]:
     """Index of each arm row -> its control row (same stage; same sweep if ambiguous)."""
+    def control_of(key: tuple) -> dict | None:
+        if key not in cache:
+            found, _ = dec.resolve_roles([x for x in rows if (x["stage"], x["sweep"])[:len(key)]
+                                          == key], rule, control)
+            cache[key] = found.get("control")
+        return cache[key]
+
+    cache: dict[tuple, dict | None] = {}
     out = {}
     for i, r in enumerate(rows):
-        if not r["stage"]:
-            continue
-        stage_rows = [x for x in rows if x["stage"] == r["stage"]]
-        roles, problems = dec.resolve_roles(stage_rows, rule, control)
-        if "control" not in roles:
-            roles, _ = dec.resolve_roles([x for x in stage_rows if x["sweep"] == r["sweep"]],
-                                         rule, control)
-        if "control" in roles:
-            out[i] = roles["control"]
+        if r["stage"]:
+            c = control_of((r["stage"],)) or control_of((r["stage"], r["sweep"]))
+            if c is not None:
+                out[i] = c
     return out
 
 

@@ -14,9 +14,11 @@ readable ``result.json``                     its ``status`` (ok, a failure kind,
 empty run folder, or planned and no folder   ``missing``
 ==========================================  =====================================================
 
-A damaged ``manifest.json`` next to a readable result keeps the result's status and is reported
-in ``problem``. Runs found on disk but absent from ``plan.csv`` get ``in_plan = False``. Without
-``plan.csv`` the plan is the set of run folders found.
+A damaged ``manifest.json`` next to a readable result keeps the result's status (and the arm
+fields of the result's ``arm`` copy) and is reported in ``problem``. Runs found on disk but absent
+from ``plan.csv`` get ``in_plan = False``. Without ``plan.csv`` the plan is the set of run folders
+found. Arm columns: the manifest's ``arm`` dict (first run of the arm that has one), completed by
+the plan's extra columns (the dry run's estimates and stale ``status`` are ignored).
 
 Time to failure (for Kaplan-Meier) is measured in completed epochs: a failure's ``epoch`` is the
 0-based index of the epoch it happened in (= epochs completed before it) and ``event`` is true;

@@ -169,6 +169,42 @@ def bootstrap_median_ci(values, reps: int = BOOTSTRAP_REPS, level: float = CONFI
     return _percentile_interval(bootstrap_medians(x, reps, seed), level)
 
 
+def column_summaries(matrix, reps: int = BOOTSTRAP_REPS, level: float = CONFIDENCE,
+                     seed: int = BOOTSTRAP_SEED) -> dict[str, np.ndarray]:
+    """:func:`spread` and :func:`bootstrap_median_ci` of every column of a 2-D array at once.
+
+    Parameters
+    ----------
+    matrix : array_like, shape (n_runs, n_metrics)
+        One column per metric; non-finite entries are ignored column by column.
+    reps, level, seed
+        As in :func:`bootstrap_median_ci`.
+
+    Returns
+    -------
+    dict of ndarray, each of shape (n_metrics,)
+        ``n, median, q25, q75, iqr, ci_lo, ci_hi``; identical to the per-column functions.
+    """
+    x = np.array(matrix, dtype=float, ndmin=2)
+    x[~np.isfinite(x)] = np.nan
+    n = np.isfinite(x).sum(axis=0)
+    m = x.shape[1]
+    q = np.full((3, m), np.nan)
+    boot = np.full((reps, m), np.nan)
+    xs = np.sort(x, axis=0)  # NaN last
+    for j in np.nonzero(n)[0]:
+        col = xs[: n[j], j]
+        q[:, j] = np.percentile(col, [25.0, 50.0, 75.0])
+        lo, hi = _median_ranks(int(n[j]), int(reps), int(seed))
+        boot[:, j] = 0.5 * (col[lo] + col[hi])
+    alpha = 100.0 * (1.0 - level) / 2.0
+    ci = np.full((2, m), np.nan)
+    if n.any():
+        ci[:, n > 0] = np.percentile(boot[:, n > 0], [alpha, 100.0 - alpha], axis=0)
+    return {"n": n, "median": q[1], "q25": q[0], "q75": q[2], "iqr": q[2] - q[0],
+            "ci_lo": ci[0], "ci_hi": ci[1]}
+
+
 def bootstrap_median_diff(values, reference, relative: bool = True,
                           reps: int = BOOTSTRAP_REPS, level: float = CONFIDENCE,
                           seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
