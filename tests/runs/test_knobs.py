@@ -66,7 +66,8 @@ CASES = {
                             == v and len(j.module.generator.refiner) > 2 * v),
     "clip.algorithm": ({"clip.value": 0.5}, "value",
                        lambda j, v: eff(j)["clip"]["algorithm"] == v),
-    "clip.value": ({"clip.algorithm": "norm", "clip.value": 1.0}, 0.25, lambda j, v: eff(j)["clip"]["value"] == v),
+    "clip.value": ({"clip.algorithm": "norm", "clip.value": 1.0}, 0.25,
+                   lambda j, v: eff(j)["clip"]["value"] == v),
     "clip.agc_eps": ({"clip.algorithm": "agc", "clip.value": 0.01}, 0.02,
                      lambda j, v: eff(j)["clip"]["eps"] == v),
     "clip.agc_exclude": ({"clip.algorithm": "agc", "clip.value": 0.01}, ["head", "lifter"],
@@ -161,3 +162,21 @@ def test_every_arch_field_is_passed_to_build_generator(make_cfg, tmp_path, monke
     built(make_cfg(), tmp_path)
     assert set(seen) == set(TINY["arch"]) | {"in_channels", "N"}
     assert seen["fno_blocks"] == TINY["depth"] and seen["in_channels"] == 1
+
+
+def test_under_slurm_lightning_does_not_requeue(make_cfg, tmp_path, monkeypatch):
+    """submitit owns requeueing: Lightning gets SLURMEnvironment(auto_requeue=False)."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "123",
+                       "SLURM_ARRAY_TASK_ID": "7"}.items():
+        monkeypatch.setenv(key, value)
+    job = built(make_cfg(), tmp_path)
+    env = job.trainer._accelerator_connector.cluster_environment
+    assert isinstance(env, SLURMEnvironment) and env.auto_requeue is False
+    assert job.effective["lightning"]["slurm_plugin"] is True
+    from ptychostab.runs import records
+
+    manifest = records.read_json(job.run_dir / records.MANIFEST).data
+    assert manifest["slurm"]["SLURM_JOB_ID"] == "123"
+    assert manifest["slurm"]["SLURM_ARRAY_TASK_ID"] == "7"

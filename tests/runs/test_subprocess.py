@@ -4,7 +4,6 @@ The three processes start together (module fixture) so that their imports of tor
 Lightning overlap: the suite pays for one process start, not three.
 """
 
-import os
 import signal
 import subprocess
 import sys

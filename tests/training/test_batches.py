@@ -32,7 +32,8 @@ def test_resume_in_the_middle_of_an_epoch_gives_the_same_tail():
     full = list(b)
     pos["first"] = 2
     tail = list(b)
-    assert len(tail) == 2 and all(torch.equal(x, y) for x, y in zip(full[2:], tail))
+    assert len(tail) == 2
+    assert all(torch.equal(x, y) for x, y in zip(full[2:], tail, strict=True))
 
 
 def test_cursor_is_read_at_the_first_batch_not_at_iter():

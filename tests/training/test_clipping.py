@@ -258,7 +258,7 @@ def test_clip_agc_dispatch_equals_function():
             p.grad = torch.ones_like(p) * 7
     adaptive_gradient_clip_(a, 0.05, eps=1e-2, exclude=("head",), unitwise=True)
     pre, post = GradientClipper("agc", 0.05, agc_eps=1e-2, agc_exclude=("head",))(b)
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa.grad, pb.grad)
     assert post < pre
 
@@ -273,3 +273,12 @@ def test_bad_clip_settings_are_refused(algorithm, value):
 def test_from_config_refuses_unknown_keys():
     with pytest.raises(TypeError):
         GradientClipper.from_config({"algorithm": "none", "value": None, "agc_epss": 1})
+
+
+def test_agc_non_contiguous_gradient():
+    net = Wrap(nn.Linear(3, 2, bias=False))
+    set_(net.layer.weight, [[3, 4, 0], [0, 0, 1]], [[0, 0, 0], [0, 0, 0]])
+    net.layer.weight.grad = torch.tensor([[0.3, 0.0], [0.4, 0.0], [0.0, 1.0]]).t()
+    assert not net.layer.weight.grad.is_contiguous()
+    adaptive_gradient_clip_(net, 0.2, exclude=("head",))
+    torch.testing.assert_close(grad(net.layer.weight), torch.tensor([0.3, 0.4, 0, 0, 0, 0.2]))

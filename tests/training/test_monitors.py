@@ -14,7 +14,7 @@ T = torch.tensor
 def feed(monitor, losses, pres=None, posts=None):
     pres = pres or [1.0] * len(losses)
     posts = posts or pres
-    for loss, pre, post in zip(losses, pres, posts):
+    for loss, pre, post in zip(losses, pres, posts, strict=True):
         monitor.record(T(loss), T(pre), T(post))
 
 

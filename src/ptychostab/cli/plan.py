@@ -23,7 +23,7 @@ from ptychostab.sweep import plan as planmod
 USAGE = "usage: python -m ptychostab.cli.plan [key=value ...]   (the overrides of train.py -m)"
 
 
-def build_plan(overrides: list[str]) -> planmod.Plan:
+def build_plan(overrides: list[str], *, describe: bool = True) -> planmod.Plan:
     """Compose the sweep as ``python train.py -m <overrides>`` would, then plan every job."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(cfgmod.CONF_DIR), version_base="1.3",
@@ -31,7 +31,7 @@ def build_plan(overrides: list[str]) -> planmod.Plan:
         loader = GlobalHydra.instance().config_loader()
         master = loader.load_configuration(cfgmod.CONFIG_NAME, overrides=list(overrides),
                                            run_mode=RunMode.MULTIRUN)
-        return planmod.build(master, loader)
+        return planmod.build(master, loader, describe=describe)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
 Hydra composes and type-checks the config; resolving the run folder
 (``hydra.run.dir``/``hydra.sweep.subdir`` = ``${arm_id:}/seed=${seed}``) validates it, so a
 bad value fails before any folder exists. For ``-m`` the sweep preflight
-(ptychostab.sweep.callbacks) has by then composed and validated every job of the grid.
+(ptychostab.sweep.callbacks) has by then composed and validated every job of the grid and
+taken the sweep lock; a single run takes it shared (same callback, ``on_run_start``).
 
 The task hands a plain, resolved copy of the config to ``ptychostab.runs.job.run_job``, which
 records the run (manifest, history, result) and returns its result record. A failed run is
@@ -18,12 +19,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ptychostab import config as cfgmod
 from ptychostab.sweep import identity
-from ptychostab.sweep.lock import SweepLock, SweepLocked
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +38,10 @@ def run(cfg: DictConfig) -> str:
                     f"hydra.run.dir or hydra.sweep.subdir was overridden")
     overrides = list(hc.overrides.task)
     arm = identity.arm_dict(cfg, overrides)
-    lock = None
-    if hc.mode == RunMode.RUN:  # a single run must not write into a folder a sweep is using
-        try:
-            lock = SweepLock(run_dir.parent.parent).acquire(shared=True)
-        except SweepLocked as err:
-            raise SystemExit(str(err)) from None
     from ptychostab.runs.job import run_job  # lazy: `--help`/`--cfg` stay fast
 
-    try:
-        result = run_job(cfgmod.to_plain(cfg), run_dir=run_dir, arm=arm, arm_id=arm_id,
-                         overrides=overrides)
-    finally:
-        if lock is not None:
-            lock.release()
+    result = run_job(cfgmod.to_plain(cfg), run_dir=run_dir, arm=arm, arm_id=arm_id,
+                     overrides=overrides)
     status = str((result or {}).get("status", "unknown"))
     log.info(f"{arm_id} seed={cfg.seed}: {status} ({run_dir})")
     return status

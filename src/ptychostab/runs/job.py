@@ -32,6 +32,7 @@ import resource
 import sys
 import time
 import traceback
+import uuid
 from pathlib import Path
 
 import lightning as L
@@ -43,10 +44,21 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from ptychostab.runs import records
-from ptychostab.runs.checkpoint import (FORMAT, atomic_torch_save, load_checkpoint, rng_state,
-                                        set_rng_state)
-from ptychostab.runs.environment import (config_hash, device_info, git_info, host_info,
-                                         package_versions, slurm_ids)
+from ptychostab.runs.checkpoint import (
+    FORMAT,
+    atomic_torch_save,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
+from ptychostab.runs.environment import (
+    config_hash,
+    device_info,
+    git_info,
+    host_info,
+    package_versions,
+    slurm_ids,
+)
 from ptychostab.runs.signals import PreemptionGuard
 from ptychostab.training.batches import place
 from ptychostab.training.clipping import GradientClipper
@@ -99,8 +111,11 @@ def load_data(cfg: DictConfig):
 def evaluate_predictions(pred: np.ndarray, data) -> tuple[dict, np.ndarray, np.ndarray]:
     """Metrics of test image 0 and the stitched (pred, truth) images."""
     from ptychostab.evaluation.metrics import phase_is_constant
-    from ptychostab.evaluation.reconstruction import (evaluate_patches, stitch_test_image,
-                                                      truth_image)
+    from ptychostab.evaluation.reconstruction import (
+        evaluate_patches,
+        stitch_test_image,
+        truth_image,
+    )
 
     metrics = dict(evaluate_patches(pred, data, image=0))
     truth = truth_image(data, 0)
@@ -160,7 +175,8 @@ class _Job:
         self.module: PtychoModule | None = None
         self.data = None
         self.effective: dict | None = None
-        self.segment: dict = {"start_time": _now(), "resumed_from": None, "slurm": slurm_ids(),
+        self.segment: dict = {"id": uuid.uuid4().hex[:12], "start_time": _now(),
+                              "resumed_from": None, "slurm": slurm_ids(),
                               "host": host_info()["hostname"]}
 
     # -- helpers
@@ -173,7 +189,7 @@ class _Job:
     def write_manifest(self) -> None:
         old = records.read_json(self.path(records.MANIFEST))
         segments = list(old.data.get("segments", [])) if old.ok else []
-        if not segments or segments[-1].get("start_time") != self.segment["start_time"]:
+        if not segments or segments[-1].get("id") != self.segment["id"]:
             segments.append(self.segment)
         else:
             segments[-1] = self.segment

@@ -7,6 +7,9 @@
 3. take the sweep lock (a second sweep on the same folder is refused);
 4. write ``plan.csv`` and log the plan.
 
+``on_run_start`` (single runs, no ``-m``) takes the same lock shared, before Hydra creates the
+run folder: single runs coexist, but not with a sweep of the same folder.
+
 A refusal exits the process (status 1) with the reason: Hydra turns an ``Exception`` raised in
 a callback into a warning and carries on, so the refusal is a ``SystemExit``.
 
@@ -28,9 +31,11 @@ from typing import Any, Sequence
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from ptychostab import config as cfgmod
 from ptychostab.runs import records
+from ptychostab.sweep import identity
 from ptychostab.sweep import plan as planmod
 from ptychostab.sweep.lock import SweepLock, SweepLocked
 
@@ -69,9 +74,9 @@ def preflight(config: DictConfig) -> planmod.Plan | None:
     return plan
 
 
-def _take_lock(sweep_dir: Path) -> None:
+def _take_lock(sweep_dir: Path, *, shared: bool = False) -> None:
     try:
-        _STATE["lock"] = SweepLock(sweep_dir).acquire()
+        _STATE["lock"] = SweepLock(sweep_dir).acquire(shared=shared)
     except SweepLocked as err:
         raise SweepRefused(f"preflight: {err}\nNothing was launched.") from None
 
@@ -84,6 +89,20 @@ def release() -> None:
 
 
 class SweepPreflight(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A single run (no -m) writes into <output_root>/<sweep>/: it shares the folder with
+        # other single runs, not with a sweep. Checked before Hydra creates the run folder.
+        release()
+        job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        try:
+            cfgmod.validate(job_cfg)  # before any folder exists (the lock creates the sweep's)
+        except cfgmod.ConfigError as err:
+            raise SweepRefused(str(err)) from None
+        _take_lock(identity.sweep_dir(config), shared=True)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release()
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         release()  # a previous sweep in this process (tests) must not leak its plan
         preflight(config)

@@ -30,8 +30,9 @@ tensors are normed by modulus (``|z|^2 = re^2 + im^2``). ``unitwise=False`` trea
 as a single unit: the reference implementation's (tensor-wise) behaviour, for reproduction.
 
 Implementation: all selected tensors are flattened into one vector of squared entries and
-summed per unit with one ``index_add_``; per-unit scales are gathered back and applied with one
-``_foreach_mul_``. A handful of kernels per step, whatever the number of parameters.
+summed per unit with one ``index_add_`` (weights and gradients each); per-unit scales are
+gathered back and applied with one ``_foreach_mul_``. A dozen kernels per step, whatever the
+number of parameters.
 """
 
 from __future__ import annotations
@@ -186,48 +187,54 @@ def _real_flat(t: Tensor) -> Tensor:
 
 
 class _AgcPlan:
-    """Per-element unit index for a fixed set of parameters, built once and reused."""
+    """Per-element unit index for a fixed set of parameters, built once and reused.
+
+    Memory: one int32 index per real entry (int64 beyond 2**31 units), plus transient
+    squares and per-entry scales during a call.
+    """
 
     def __init__(self, units: list[_Unit]):
         self.units = units
         self.n_units = sum(u.n_units for u in units)
+        dtype = torch.int32 if self.n_units < 2**31 else torch.long
         ids, offset = [], 0
         for u in units:
             p = u.param
             if u.axis is None:
-                idx = torch.full(p.shape, offset, dtype=torch.long, device=p.device)
+                idx = torch.full(p.shape, offset, dtype=dtype, device=p.device)
             else:
                 shape = [1] * p.dim()
                 shape[u.axis] = p.shape[u.axis]
-                idx = (offset + torch.arange(p.shape[u.axis], device=p.device)).view(shape)
-                idx = idx.expand(p.shape)
+                idx = (offset + torch.arange(p.shape[u.axis], dtype=dtype, device=p.device))
+                idx = idx.view(shape).expand(p.shape)
             if p.is_complex():  # re and im of one entry belong to the same unit
                 idx = idx.unsqueeze(-1).expand(*p.shape, 2)
             ids.append(idx.reshape(-1))
             offset += u.n_units
-        self.index = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long)
-        # weights and grads are summed in one index_add_: grads go to units [n, 2n)
-        self.index2 = torch.cat((self.index, self.index + self.n_units))
+        self.index = torch.cat(ids) if ids else torch.zeros(0, dtype=dtype)
         self.sizes = [i.numel() for i in ids]
+
+    def _unit_norms(self, tensors: list[Tensor]) -> Tensor:
+        squares = torch.cat(torch._foreach_mul(tensors, tensors))
+        sums = torch.zeros(self.n_units, dtype=squares.dtype, device=squares.device)
+        return sums.index_add_(0, self.index, squares).sqrt()
 
     def clip_(self, clip_factor: float, eps: float) -> None:
         if not self.units:
             return
-        weights = [_real_flat(u.param.detach()) for u in self.units]
-        grads = [_real_flat(u.param.grad) for u in self.units]
-        squares = torch.cat(torch._foreach_mul(weights, weights) + torch._foreach_mul(grads, grads))
-        sums = torch.zeros(2 * self.n_units, dtype=squares.dtype, device=squares.device)
-        sums.index_add_(0, self.index2, squares)
-        w_norm, g_norm = sums.sqrt().split(self.n_units)
+        w_norm = self._unit_norms([_real_flat(u.param.detach()) for u in self.units])
+        g_norm = self._unit_norms([_real_flat(u.param.grad) for u in self.units])
         max_norm = clip_factor * w_norm.clamp_min(eps)
         # g_norm > max_norm > 0 in the taken branch; NaN norms compare False and stay NaN.
         scale = torch.where(g_norm > max_norm, max_norm / g_norm, torch.ones_like(g_norm))
         per_entry = scale[self.index].split(self.sizes)
         targets = [_real_flat(u.param.grad) for u in self.units]
-        if all(t.data_ptr() == _real_data_ptr(u.param.grad) for t, u in zip(targets, self.units)):
+        in_place = all(t.data_ptr() == _real_data_ptr(u.param.grad)
+                       for t, u in zip(targets, self.units, strict=True))
+        if in_place:
             torch._foreach_mul_(targets, list(per_entry))
         else:  # a non-contiguous grad: reshape copied, so write back explicitly
-            for u, s in zip(self.units, per_entry):
+            for u, s in zip(self.units, per_entry, strict=True):
                 g = u.param.grad
                 rv = torch.view_as_real(g) if g.is_complex() else g
                 rv.mul_(s.view(rv.shape))

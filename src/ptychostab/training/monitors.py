@@ -149,7 +149,7 @@ class StepMonitor:
             "nonfinite": int(nf) if nf >= 0 else None,
             "diverged": int(dv) if dv >= 0 else None,
         }
-        out.update(zip(extra.keys(), rest))
+        out.update(zip(extra.keys(), rest, strict=True))
         return out
 
     def start_epoch(self) -> None:

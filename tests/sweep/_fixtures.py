@@ -1,0 +1,81 @@
+"""Helpers shared by the sweep-framework tests (tests/sweep/test_{config,identity,plan,cli,
+lock,slurm}.py). The aggregator's conftest.py in this folder is not ours: import from here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ptychostab.config import REPO_ROOT
+from ptychostab.runs import records
+
+PY = sys.executable
+# A network and data small enough for a CPU job of a few seconds (the model knobs shrink the
+# generator; data.size=64 keeps 81 train / 16 test patterns of the tiny preset's N=32).
+TINY = ["data=tiny", "trainer=smoke", "trainer.max_epochs=1", "arch.hidden_channels=4",
+        "arch.n_modes=4"]
+FAST = [*TINY, "data.size=64"]
+
+
+def train(args: list[str], out: Path | str | None, *, timeout: float = 600,
+          env: dict | None = None, wait: bool = True):
+    """``python train.py <args> paths.output_root=<out>`` from the repository root."""
+    cmd = [PY, "train.py", *args] + ([f"paths.output_root={out}"] if out is not None else [])
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.run(cmd, cwd=REPO_ROOT, env=full_env, text=True, timeout=timeout,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def run_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(p for p in Path(sweep_dir).glob("*/seed=*") if p.is_dir())
+
+
+def result_files(sweep_dir: Path) -> list[Path]:
+    return sorted(Path(sweep_dir).glob("*/seed=*/" + records.RESULT))
+
+
+def status_of(run_dir: Path) -> str | None:
+    loaded = records.read_json(Path(run_dir) / records.RESULT)
+    return loaded.data.get("status") if loaded.ok else None
+
+
+def snapshot(paths: list[Path]) -> dict[Path, tuple[int, bytes]]:
+    """mtime_ns and content of each file: a rewrite changes the first, a retrain the second."""
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in paths}
+
+
+def wait_for(predicate, timeout: float, every: float = 0.5) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(every)
+    return predicate()
+
+
+def write_run(run_dir: Path, *, status: str | None, epochs: int = 0, epoch_s: float = 10.0,
+              seed: int = 0, sweep: str = "default", arm_id: str = "x") -> None:
+    """A fake run folder: manifest, ``epochs`` history rows, and a result (None: none)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records.atomic_write_json(run_dir / records.MANIFEST, {
+        "schema_version": records.SCHEMA_VERSION, "sweep": sweep, "arm_id": arm_id,
+        "seed": seed, "arm": {}})
+    rows = [{"epoch": e, "global_step": 10 * (e + 1), "train_loss": 1.0, "val_loss": 1.0,
+             "lr": 1e-3, "wall_s": epoch_s * (e + 1)} for e in range(epochs)]
+    if rows:
+        records.write_history(run_dir / records.HISTORY, rows)
+    if status is not None:
+        fail = None if status == records.OK else records.failure(
+            status, epoch=epochs, step=10 * epochs, wall_s=epoch_s * epochs)
+        records.atomic_write_json(run_dir / records.RESULT, records.result_record(
+            status=status, sweep=sweep, arm_id=arm_id, seed=seed, failure_info=fail,
+            metrics={}, metrics_best=None, grad_norm={}, epochs_completed=epochs,
+            global_step=10 * epochs, wall_s=epoch_s * epochs, params={},
+            peak_memory_bytes=None))

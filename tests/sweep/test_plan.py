@@ -1,0 +1,123 @@
+"""The dry run: grid expansion, status detection, refusals, estimates, plan.csv, CLI."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from _fixtures import write_run
+from ptychostab.cli import plan as cli
+from ptychostab.cli.plan import build_plan
+from ptychostab.sweep import plan as P
+
+GRID = ["arch=hybrid,stable_hybrid", "clip=none,agc", "seed=range(3)", "data=tiny"]
+
+
+def test_expand_matches_the_basic_sweeper():
+    jobs = P.expand({"arm": "control,opt_fix", "seed": "range(3)"}, ["data=tiny"])
+    assert len(jobs) == 6
+    assert jobs[0] == ["arm=control", "seed=0", "data=tiny"]
+    # a command-line value replaces the experiment's grid for that key
+    assert P.expand({"arm": "control,opt_fix", "seed": "range(3)"}, ["seed=5"]) == [
+        ["arm=control", "seed=5"], ["arm=opt_fix", "seed=5"]]
+    assert len(P.expand({}, ["arch=hybrid,stable_hybrid", "clip=none,agc", "seed=range(10)"])) == 40
+
+
+def test_plan_lists_every_job_with_its_arm_and_folder(tmp_path):
+    plan = build_plan([*GRID, f"paths.output_root={tmp_path}"], describe=False)
+    assert len(plan.jobs) == 12 and len(plan.arms) == 4
+    assert plan.sweep_dir == tmp_path / "default"
+    for job in plan.jobs:
+        assert job.run_dir == tmp_path / "default" / job.arm_id / f"seed={job.seed}"
+        assert job.status == P.TODO
+    assert [a.seeds for a in plan.arms.values()] == [[0, 1, 2]] * 4
+
+
+def test_status_from_result_records(tmp_path):
+    plan = build_plan([*GRID, f"paths.output_root={tmp_path}"], describe=False)
+    a, b = list(plan.arms)[:2]
+    root = tmp_path / "default"
+    write_run(root / a / "seed=0", status="ok", epochs=3)
+    write_run(root / a / "seed=1", status="nonfinite", epochs=2)
+    write_run(root / a / "seed=2", status="preempted", epochs=1)  # resumable: to do
+    write_run(root / b / "seed=0", status=None, epochs=1)  # started, no result
+    (root / b / "seed=1").mkdir(parents=True)
+    (root / b / "seed=1" / "result.json").write_text("{ damaged")
+    plan = build_plan([*GRID, f"paths.output_root={tmp_path}"], describe=False)
+    status = {(j.arm_id, j.seed): j.status for j in plan.jobs}
+    assert status[(a, 0)] == P.DONE and status[(a, 1)] == P.FAILED
+    assert status[(a, 2)] == status[(b, 0)] == status[(b, 1)] == P.TODO
+    assert plan.counts() == {P.DONE: 1, P.FAILED: 1, P.TODO: 10}
+    final = plan.final_jobs()
+    assert sorted(final.values()) == ["nonfinite", "ok"]
+
+
+def test_plan_csv_columns_and_rows(tmp_path):
+    plan = build_plan([*GRID, f"paths.output_root={tmp_path}"])
+    path = P.write_csv(plan)
+    assert path == tmp_path / "default" / "plan.csv"
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    header = list(rows[0])
+    assert header[:9] == list(P.BASE_COLUMNS)
+    assert header[-5:] == list(P.TAIL_COLUMNS)
+    assert "data" in header  # a fixed arm-defining override becomes a column
+    assert len(rows) == 12
+    row = next(r for r in rows if r["clip"] == "agc")
+    assert row["clip_value"] == "0.01" and row["arch"] in ("hybrid", "stable_hybrid")
+    assert int(row["params_real"]) > 0 and float(row["memory_gb_estimate"]) > 0
+    assert row["status"] == "todo" and row["overrides"].startswith("arch=")
+
+
+def test_refuses_arms_over_the_memory_budget(tmp_path):
+    plan = build_plan([*GRID, f"paths.output_root={tmp_path}", "plan.max_memory_gb=1e-6"])
+    refused = plan.refusals()
+    assert len(refused) == 4 and "plan.max_memory_gb" in refused[0]
+
+
+def test_refuses_arms_that_cannot_be_built(tmp_path):
+    plan = build_plan(["arch.levels=8", "data=grid_lines_n64", f"paths.output_root={tmp_path}"])
+    (refusal,) = plan.refusals()
+    assert "cannot be built" in refusal and "levels=8" in refusal
+
+
+def test_invalid_jobs_are_reported_together(tmp_path):
+    with pytest.raises(P.PlanError) as info:
+        build_plan(["clip=norm", "clip.value=-1,1", "seed=range(3)", "data=tiny",
+                    f"paths.output_root={tmp_path}"], describe=False)
+    text = str(info.value)
+    assert "3 of 6 job(s)" in text and "clip.value=-1.0" in text and "2 more like it" in text
+
+
+def test_two_grid_points_with_one_config_are_refused(tmp_path):
+    with pytest.raises(P.PlanError, match="same folder"):
+        build_plan(["clip=norm", "clip.value=5,5.0", f"paths.output_root={tmp_path}"],
+                   describe=False)
+
+
+def test_runtime_estimates(tmp_path):
+    plan = build_plan([*GRID, f"paths.output_root={tmp_path}"])
+    assert all(a.epoch_s_source == "model" and a.epoch_s > 0 for a in plan.arms.values())
+    a = list(plan.arms)[0]
+    write_run(tmp_path / "default" / a / "seed=0", status=None, epochs=2, epoch_s=30.0)
+    plan = build_plan([*GRID, f"paths.output_root={tmp_path}"])
+    arm = plan.arms[a]
+    assert (arm.epoch_s, arm.epoch_s_source) == (30.0, "measured")
+    assert {x.epoch_s_source for x in plan.arms.values() if x.arm_id != a} == {"scaled"}
+    job = next(j for j in plan.jobs if j.arm_id == a and j.seed == 0)
+    assert job.est_minutes == pytest.approx((50 - 2) * 30.0 / 60)  # 50 epochs, 2 done
+    text = P.format_plan(plan)
+    assert a in text and "measured" in text and "to do" in text
+
+
+def test_cli_exit_codes_and_outputs(tmp_path, capsys):
+    assert cli.main([*GRID, f"paths.output_root={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "4 arm(s) x seeds = 12 run(s)" in out and (tmp_path / "default/plan.csv").exists()
+    assert cli.main([*GRID, f"paths.output_root={tmp_path}", "plan.max_memory_gb=1e-6"]) == 1
+    assert "REFUSED" in capsys.readouterr().err
+    assert cli.main(["arch.hiden_channels=3", f"paths.output_root={tmp_path}/x"]) == 2
+    assert "hiden_channels" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    assert cli.main(["--help"]) == 0

@@ -1,0 +1,227 @@
+"""SLURM launcher: sbatch settings and the launcher's bookkeeping without a cluster (default
+suite), and real sweeps on a running cluster (marker ``slurm``; ``make slurm-up`` first)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf
+
+from _fixtures import FAST, TINY, result_files, run_dirs, status_of, train, wait_for, write_run
+from hydra_plugins.ptychostab_launcher.launcher import PtychoSlurmLauncher
+from ptychostab import config as C
+from ptychostab.cli.plan import build_plan
+from ptychostab.runs import records
+from ptychostab.sweep import callbacks
+
+# What the local test cluster offers: no GPU, 2 CPUs, little memory.
+CLUSTER = ["launcher=slurm", "cluster.gpus_per_node=null", "cluster.cpus_per_task=1",
+           "cluster.mem_gb=null", "cluster.timeout_min=20", "cluster.signal_delay_s=30"]
+
+
+def _launcher_params(overrides: list[str]) -> dict:
+    cfg = C.compose(overrides, return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    params.pop("_target_")
+    return params
+
+
+def test_sbatch_script_carries_the_cluster_settings(tmp_path, monkeypatch):
+    import submitit
+    from submitit.slurm import slurm
+
+    monkeypatch.setattr(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
+    params = _launcher_params(["launcher=slurm", "cluster.partition=gpu", "cluster.account=lab",
+                               "cluster.qos=high", "cluster.timeout_min=90"])
+    params["submitit_folder"] = str(tmp_path / "%j")
+    launcher = PtychoSlurmLauncher(**params)
+    executor = launcher._executor(submitit)
+    text = slurm._make_sbatch_string(command="python -m x", folder=tmp_path, map_count=30,
+                                     **executor._executor.parameters)
+    for flag in ("--partition=gpu", "--account=lab", "--qos=high", "--time=90",
+                 "--gpus-per-node=1", "--cpus-per-task=4", "--mem=32GB",
+                 "--array=0-29%30", "--signal=USR2@120", "--ntasks-per-node=1"):
+        assert f"#SBATCH {flag}" in text, flag
+    assert "export OMP_NUM_THREADS=$(( SLURM_CPUS_PER_TASK > 0" in text
+    assert executor._executor.max_num_timeout == 3
+
+
+def test_sbatch_script_omits_what_is_null(tmp_path, monkeypatch):
+    import submitit
+    from submitit.slurm import slurm
+
+    monkeypatch.setattr(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
+    params = _launcher_params(CLUSTER)
+    params["submitit_folder"] = str(tmp_path / "%j")
+    executor = PtychoSlurmLauncher(**params)._executor(submitit)
+    text = slurm._make_sbatch_string(command="x", folder=tmp_path, **executor._executor.parameters)
+    assert "--gpus-per-node" not in text and "--partition" not in text and "--mem" not in text
+
+
+class _FakeJob:
+    def __init__(self, idx: int, outcome):
+        self.job_id = f"77_{idx}"
+        self.outcome = outcome
+        self.watcher = self
+
+    def get_state(self, job_id, mode="standard"):
+        return "CANCELLED by 0"
+
+    def results(self):
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return [self.outcome]
+
+
+class _FakeExecutor:
+    def __init__(self, outcomes):
+        self.outcomes, self.submitted = outcomes, []
+
+    def map_array(self, fn, overrides, *rest):
+        self.submitted = [list(o) for o in overrides]
+        return [_FakeJob(i, self.outcomes[tuple(o)]) for i, o in enumerate(overrides)]
+
+
+def test_launcher_skips_final_runs_waits_for_all_and_records_killed_ones(tmp_path, monkeypatch):
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    grid = ["-m", "seed=range(4)", "data=tiny", f"paths.output_root={tmp_path}"]
+    plan = build_plan(grid[1:], describe=False)
+    done, killed, never, broken = plan.jobs
+    write_run(done.run_dir, status="ok", epochs=3)  # final: must not be submitted
+    write_run(killed.run_dir, status=None, epochs=2)  # started, then killed by SLURM
+    plan = build_plan(grid[1:], describe=False)
+    monkeypatch.setitem(callbacks._STATE, "plan", plan)
+
+    ok = JobReturn(overrides=[], status=JobStatus.COMPLETED)
+    ok.return_value = "ok"
+    outcomes = {tuple(killed.overrides): UncompletedJobError("no output (state: CANCELLED)"),
+                tuple(never.overrides): UncompletedJobError("never started"),
+                tuple(broken.overrides): FailedJobError("Traceback: boom")}
+    fake = _FakeExecutor(outcomes)
+    params = _launcher_params(["launcher=slurm"])
+    launcher = PtychoSlurmLauncher(**params)
+    launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(plan.sweep_dir)}}})
+    monkeypatch.setattr(launcher, "_executor", lambda submitit: fake)
+
+    returns = launcher.launch([j.overrides for j in plan.jobs], initial_job_idx=0)
+    assert fake.submitted == [killed.overrides, never.overrides, broken.overrides]
+    assert [r.status for r in returns] == [JobStatus.COMPLETED] * 3 + [JobStatus.FAILED]
+    assert "skipped (ok)" in returns[0].return_value
+    assert status_of(killed.run_dir) == "preempted"  # resumable, classifiable
+    result = json.loads((killed.run_dir / records.RESULT).read_text())
+    assert result["failure"]["kind"] == "preempted" and "CANCELLED" in result["failure"]["message"]
+    assert result["epochs_completed"] == 2 and result["recorded_by"] == "launcher"
+    assert not never.run_dir.exists()  # no manifest: stays "missing" for the aggregator
+    assert callbacks.status_for_state("TIMEOUT") == "timeout"
+    assert callbacks.status_for_state("OUT_OF_MEMORY") == "oom"
+
+
+# --- on a real cluster --------------------------------------------------------------------------
+def _cluster_up() -> bool:
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return False
+    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
+    return res.returncode == 0 and any(s in res.stdout for s in ("idle", "mixed", "alloc"))
+
+
+needs_cluster = pytest.mark.skipif(not _cluster_up(), reason="no SLURM cluster (make slurm-up)")
+
+
+def _slurm_job_id(run_dir: Path) -> str | None:
+    manifest = records.read_json(run_dir / records.MANIFEST)
+    if not manifest.ok:
+        return None
+    ids = manifest.data.get("slurm") or {}
+    array, task = ids.get("SLURM_ARRAY_JOB_ID"), ids.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task is not None else ids.get("SLURM_JOB_ID")
+
+
+def _history_rows(run_dir: Path) -> int:
+    return len(records.read_history(run_dir / records.HISTORY).data or [])
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_slurm_sweep_2_arms_x_2_seeds(tmp_path):
+    res = train(["-m", *CLUSTER, "arch=hybrid,stable_hybrid", "seed=range(2)", *FAST], tmp_path)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert "Submitted 4 job(s)" in res.stdout
+    files = result_files(tmp_path / "default")
+    assert len(files) == 4
+    for f in files:
+        data = json.loads(f.read_text())
+        assert records.is_final(data["status"])
+        manifest = json.loads((f.parent / records.MANIFEST).read_text())
+        assert manifest["slurm"]["SLURM_ARRAY_JOB_ID"]  # it ran as an array task
+    rerun = train(["-m", *CLUSTER, "arch=hybrid,stable_hybrid", "seed=range(2)", *FAST], tmp_path)
+    assert rerun.returncode == 0 and "Skipping 4 run(s)" in rerun.stdout
+    assert "Submitted" not in rerun.stdout
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_job_cancelled_by_slurm_leaves_a_classifiable_record(tmp_path):
+    """A job killed outright (no chance to write its result) while another finishes."""
+    from ptychostab.sweep.collect import collect
+
+    proc = train(["-m", *CLUSTER, "trainer.max_epochs=2,400", "seed=0", *FAST], tmp_path,
+                 wait=False)
+    try:
+        sweep_dir = tmp_path / "default"
+        victim = lambda: next((d for d in run_dirs(sweep_dir) if "400" in  # noqa: E731
+                               json.dumps(records.read_json(d / records.MANIFEST).data or {})),
+                              None)
+        assert wait_for(lambda: victim() is not None and _history_rows(victim()) >= 1, 300)
+        job = _slurm_job_id(victim())
+        subprocess.run(["scancel", "--signal=KILL", "--full", job], check=True)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]  # the sweep completes
+    assert "ended without a result" in out
+    runs = collect([sweep_dir]).runs.set_index("arm_id")
+    status = runs.loc[victim().parent.name, "status"]
+    assert status in ("timeout", "preempted", "missing")
+    others = [s for a, s in runs["status"].items() if a != victim().parent.name]
+    assert len(others) == 1 and records.is_final(others[0])  # the other run finished
+    assert len(result_files(sweep_dir)) == 2
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_requeued_job_resumes_from_its_checkpoint(tmp_path):
+    """USR2 (what SLURM sends before a time limit / preemption): submitit requeues the same
+    job, which resumes from last.ckpt in the same folder; the history continues."""
+    epochs = 10
+    proc = train(["-m", *CLUSTER, "seed=0", *TINY, f"trainer.max_epochs={epochs}"], tmp_path,
+                 wait=False)
+    try:
+        sweep_dir = tmp_path / "default"
+        assert wait_for(lambda: run_dirs(sweep_dir) and _history_rows(run_dirs(sweep_dir)[0]) >= 2,
+                        300)
+        (run,) = run_dirs(sweep_dir)
+        assert _history_rows(run) < epochs, "the job finished before it could be interrupted"
+        subprocess.run(["scancel", "--signal=USR2", _slurm_job_id(run)], check=True)
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    result = json.loads((run / records.RESULT).read_text())
+    assert records.is_final(result["status"]) and result["epochs_completed"] == epochs
+    history = records.read_history(run / records.HISTORY).data
+    assert [int(r["epoch"]) for r in history] == list(range(epochs))  # continued, no restart
+    walls = [r["wall_s"] for r in history]
+    assert walls == sorted(walls)
+    manifest = json.loads((run / records.MANIFEST).read_text())
+    segments = manifest["segments"]
+    assert len(segments) >= 2 and segments[-1]["resumed_from"]["epoch"] >= 1
+    assert int(segments[-1]["slurm"]["SLURM_RESTART_COUNT"] or 0) >= 1
+    assert "RESUME" in (run / "train.log").read_text()
