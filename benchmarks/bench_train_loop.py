@@ -15,7 +15,7 @@ parameters; 32: 5.6 M), batch 16, on the training patterns of a ``--size`` px ob
 
 Each epoch is timed from its start to the next epoch's start (so our epoch-end work --
 validation, history, checkpoints -- is inside, as the bare loop's validation is); epoch 0 of
-every loop is warm-up. The loops alternate (bare, ours, bare, ours, ...) and the best and the
+every loop is warm-up. The loops alternate (bare-ours, ours-bare, ...) and the best and the
 median epoch of each are reported: on a shared machine the best epochs are the ones least
 disturbed by other load. Target (issue 4): overhead = bare speed / our speed - 1 <= 5 %.
 """
@@ -134,8 +134,12 @@ def main() -> None:
         steps = module.batches.batches_per_epoch
         bare, ours = [], []
         for r in range(args.repeats):
-            bare += run_bare(cfg, module, init)
-            ours += run_ours(cfg, Path(tmp) / f"ours{r}", init)
+            if r % 2:  # alternate the order: neither loop always runs first
+                ours += run_ours(cfg, Path(tmp) / f"ours{r}", init)
+                bare += run_bare(cfg, module, init)
+            else:
+                bare += run_bare(cfg, module, init)
+                ours += run_ours(cfg, Path(tmp) / f"ours{r}", init)
             print(f"repeat {r}: epoch seconds bare {[round(t, 2) for t in bare[-2:]]}, "
                   f"ours {[round(t, 2) for t in ours[-2:]]}")
     for label, pick in (("best epoch", min), ("median epoch", statistics.median)):

@@ -4,7 +4,9 @@ suite), and real sweeps on a running cluster (marker ``slurm``; ``make slurm-up`
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -142,6 +144,19 @@ def _slurm_job_id(run_dir: Path) -> str | None:
     return f"{array}_{task}" if array and task is not None else ids.get("SLURM_JOB_ID")
 
 
+def _raw_job_id(run_dir: Path) -> str:
+    """SLURM_JOB_ID (what scontrol listpids takes; an array task has its own)."""
+    return (records.read_json(run_dir / records.MANIFEST).data or {})["slurm"]["SLURM_JOB_ID"]
+
+
+def _cancel_leftovers(sweep_dir: Path) -> None:
+    """A failed test must not leave its jobs running on the shared cluster."""
+    ids = {_raw_job_id(d) for d in run_dirs(sweep_dir)
+           if records.read_json(d / records.MANIFEST).ok}
+    if ids:
+        subprocess.run(["scancel", *sorted(ids)], check=False)
+
+
 def _history_rows(run_dir: Path) -> int:
     return len(records.read_history(run_dir / records.HISTORY).data or [])
 
@@ -164,34 +179,63 @@ def test_slurm_sweep_2_arms_x_2_seeds(tmp_path):
     assert "Submitted" not in rerun.stdout
 
 
+def _job_pythons(job: str) -> list[int]:
+    """Pids of the job's Python processes (proctrack/linuxproc tracks them)."""
+    res = subprocess.run(["scontrol", "listpids", job], capture_output=True, text=True)
+    pids = []
+    for line in res.stdout.splitlines()[1:]:
+        pid = int(line.split()[0])
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip().startswith("python"):
+                pids.append(pid)
+        except OSError:
+            pass
+    return pids
+
+
 @pytest.mark.slurm
 @needs_cluster
 def test_job_cancelled_by_slurm_leaves_a_classifiable_record(tmp_path):
-    """A job killed outright (no chance to write its result) while another finishes."""
+    """Three jobs: one finishes; one is cancelled (scancel: SIGTERM, the job records itself);
+    one is killed outright (SIGKILL, as the OOM killer or a node crash would) and never
+    writes its result: the launcher records it. The sweep completes either way."""
     from ptychostab.sweep.collect import collect
 
-    proc = train(["-m", *CLUSTER, "trainer.max_epochs=2,400", "seed=0", *FAST], tmp_path,
+    proc = train(["-m", *CLUSTER, "seed=0", *FAST, "trainer.max_epochs=2,400,401"], tmp_path,
                  wait=False)
+    sweep_dir = tmp_path / "default"
+
+    def run_of(epochs: int) -> Path | None:  # a run, once it has started
+        for d in run_dirs(sweep_dir):
+            arm = (records.read_json(d / records.MANIFEST).data or {}).get("arm") or {}
+            if arm.get("trainer.max_epochs") == epochs:
+                return d
+        return None
+
+    def training(epochs: int) -> bool:
+        return run_of(epochs) is not None and _history_rows(run_of(epochs)) >= 1
+
     try:
-        sweep_dir = tmp_path / "default"
-        victim = lambda: next((d for d in run_dirs(sweep_dir) if "400" in  # noqa: E731
-                               json.dumps(records.read_json(d / records.MANIFEST).data or {})),
-                              None)
-        assert wait_for(lambda: victim() is not None and _history_rows(victim()) >= 1, 300)
-        job = _slurm_job_id(victim())
-        subprocess.run(["scancel", "--signal=KILL", "--full", job], check=True)
+        assert wait_for(lambda: training(400) and training(401), 300)
+        cancelled, killed = run_of(400), run_of(401)
+        subprocess.run(["scancel", _slurm_job_id(cancelled)], check=True)
+        pids = _job_pythons(_raw_job_id(killed))
+        assert pids
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, out[-4000:]  # the sweep completes
-    assert "ended without a result" in out
+            _cancel_leftovers(tmp_path / "default")
+    assert proc.returncode == 0, out[-4000:]  # the launcher waited for all and exits cleanly
+    assert "ended without a result" in out  # the SIGKILLed job, recorded by the launcher
     runs = collect([sweep_dir]).runs.set_index("arm_id")
-    status = runs.loc[victim().parent.name, "status"]
-    assert status in ("timeout", "preempted", "missing")
-    others = [s for a, s in runs["status"].items() if a != victim().parent.name]
-    assert len(others) == 1 and records.is_final(others[0])  # the other run finished
-    assert len(result_files(sweep_dir)) == 2
+    assert runs.loc[cancelled.parent.name, "status"] in ("timeout", "preempted", "missing")
+    assert runs.loc[killed.parent.name, "status"] in ("timeout", "preempted", "missing")
+    assert json.loads((killed / records.RESULT).read_text())["recorded_by"] == "launcher"
+    assert records.is_final(runs.loc[run_of(2).parent.name, "status"])  # the other finished
+    assert len(result_files(sweep_dir)) == 3
 
 
 @pytest.mark.slurm
@@ -213,6 +257,7 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+            _cancel_leftovers(tmp_path / "default")
     assert proc.returncode == 0, out[-4000:]
     result = json.loads((run / records.RESULT).read_text())
     assert records.is_final(result["status"]) and result["epochs_completed"] == epochs

@@ -244,8 +244,11 @@ class PtychoModule(L.LightningModule):
             if summary[kind] is not None:
                 return TrainingFailure(kind, epoch=self.epoch, step=summary[kind], wall_s=wall,
                                        message=f"{kind} detected at epoch end")
+        if not math.isfinite(summary["val_loss"]):
+            return TrainingFailure("nonfinite", epoch=self.epoch, step=self.global_step_count,
+                                   wall_s=wall, message="NaN/Inf validation loss")
         rel = summary["amp_rel_std"]
-        if f.collapse_rel_std is not None and not rel >= f.collapse_rel_std:
+        if f.collapse_rel_std is not None and rel < f.collapse_rel_std:
             return TrainingFailure(
                 "collapsed", epoch=self.epoch, step=self.global_step_count, wall_s=wall,
                 message=f"predicted amplitude spatially constant on validation: "
@@ -316,5 +319,5 @@ class PtychoModule(L.LightningModule):
             "device": str(self.device_),
             "compile": self.forward_fn is not self.generator,
             "cuda_graphs": False,
-            "failure": self.failure.as_dict(),
+            "failure": self.monitor.settings.as_dict(),
         }
