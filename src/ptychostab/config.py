@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -33,7 +33,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ptychostab.data.spec import DataConfig
 
-# --- where the project lives -------------------------------------------------------------------
+# --- where the project lives ---------------------------------------------------------------------
 # conf/ and experiments/ sit at the repository root, next to src/ (an editable checkout is the
 # supported install). PTYCHOSTAB_ROOT overrides; it is exported so that Hydra's search path
 # (`${oc.env:PTYCHOSTAB_ROOT,.}/experiments`) resolves the same in submitit/SLURM workers.
@@ -100,7 +100,7 @@ class Accelerator(Choice):
     cuda = "cuda"
 
 
-# --- schemas (one per group; docs/contracts.md lists every field) -------------------------------
+# --- schemas (one per group; docs/contracts.md lists every field) --------------------------------
 @dataclass
 class ArchConfig:
     """Generator knobs, passed to ``ptychostab.models.build_generator(**arch)``."""
@@ -244,7 +244,7 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("ptychostab_root", lambda: str(REPO_ROOT))
 
 
-# --- conversion ------------------------------------------------------------------------------------
+# --- conversion ----------------------------------------------------------------------------------
 def to_plain(cfg: DictConfig) -> DictConfig:
     """Resolved copy with plain ``str`` names (no enums), struct mode on: what training reads.
     The ``hydra`` node, if present, is dropped."""
@@ -267,7 +267,7 @@ def _escape(obj: Any) -> Any:
     return obj
 
 
-# --- validation --------------------------------------------------------------------------------
+# --- validation ----------------------------------------------------------------------------------
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -488,16 +488,6 @@ def group_options(group: str) -> list[str]:
 
 def experiment_names() -> list[str]:
     return sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
-
-
-def iter_leaf_keys(cfg: DictConfig, prefix: str = "") -> Iterable[str]:
-    for key in cfg:
-        node = cfg._get_node(key)
-        full = f"{prefix}{key}"
-        if isinstance(node, DictConfig):
-            yield from iter_leaf_keys(node, full + ".")
-        else:
-            yield full
 
 
 _register_resolvers()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from _fixtures import FAST, TINY, result_files, run_dirs, snapshot, status_of, train
+
+from ptychostab import config as C
 from ptychostab.runs import records
 from ptychostab.sweep import identity
-from ptychostab import config as C
 
 SWEEP = ["-m", "arch=hybrid", "clip=none,agc", "seed=0", *FAST]
 
@@ -33,7 +33,8 @@ def test_sweep_writes_one_record_per_job(sweep):
         manifest = json.loads((d / records.MANIFEST).read_text())
         assert result["status"] in records.ALL_STATUSES
         assert result["arm_id"] == manifest["arm_id"] == d.parent.name
-        assert manifest["seed"] == 0 and manifest["arm"]["label"] == d.parent.name.rsplit("-", 1)[0]
+        assert manifest["seed"] == 0
+        assert manifest["arm"]["label"] == d.parent.name.rsplit("-", 1)[0]
         expected = identity.arm_id(C.compose(manifest["overrides"]))
         assert d.parent.name == expected  # the folder is the config's identity
     assert "preflight" in res.stdout or "plan (" in res.stdout

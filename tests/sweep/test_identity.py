@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from ptychostab import config as C
 from ptychostab.sweep import identity as I
 
 
+@functools.lru_cache(maxsize=None)
 def aid(*overrides: str) -> str:
     return I.arm_id(C.compose(list(overrides)))
 
@@ -75,7 +77,8 @@ def test_arm_dict_has_the_base_fields_and_the_arm_overrides():
     cfg = C.compose(overrides[:5])
     arm = I.arm_dict(cfg, overrides)
     assert arm["label"] == I.arm_label(cfg)
-    assert (arm["arch"], arm["clip"], arm["clip_value"], arm["depth"]) == ("hybrid", "agc", 0.01, 4)
+    base = (arm["arch"], arm["clip"], arm["clip_value"], arm["depth"])
+    assert base == ("hybrid", "agc", 0.01, 4)
     assert arm["arm"] == "opt_fix" and arm["data"] == "tiny" and arm["trainer.lr"] == 0.01
     for key in ("seed", "paths.output_root", "launcher", "experiment", "+experiment"):
         assert key not in arm
@@ -85,7 +88,8 @@ def test_run_dir_and_hydra_folders_agree(tmp_path):
     cfg = C.compose(["seed=3", f"paths.output_root={tmp_path}", "sweep=s1"],
                     return_hydra_config=True)
     expected = tmp_path / "s1" / aid("seed=3") / "seed=3"
-    assert I.run_dir(C.compose(["seed=3", f"paths.output_root={tmp_path}", "sweep=s1"])) == expected
+    plain = C.compose(["seed=3", f"paths.output_root={tmp_path}", "sweep=s1"])
+    assert I.run_dir(plain) == expected
     assert Path(cfg.hydra.run.dir) == expected
     assert Path(cfg.hydra.sweep.dir, cfg.hydra.sweep.subdir) == expected
     assert "${now" not in OmegaConf.to_yaml(cfg.hydra.run) + OmegaConf.to_yaml(cfg.hydra.sweep)

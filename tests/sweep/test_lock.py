@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from _fixtures import FAST, PY, run_dirs, train, wait_for
+
 from ptychostab.sweep.lock import LOCK_NAME, SweepLock, SweepLocked
 
 
@@ -39,7 +39,7 @@ def test_lock_dies_with_its_process(tmp_path):
             SweepLock(tmp_path).acquire()
     finally:
         proc.kill()
-        proc.wait()
+        proc.communicate()
     assert wait_for(lambda: _free(tmp_path), 5)  # no stale lock after a kill -9
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 
 import pytest
-
 from _fixtures import write_run
+
 from ptychostab.cli import plan as cli
 from ptychostab.cli.plan import build_plan
 from ptychostab.sweep import plan as P
@@ -21,7 +21,8 @@ def test_expand_matches_the_basic_sweeper():
     # a command-line value replaces the experiment's grid for that key
     assert P.expand({"arm": "control,opt_fix", "seed": "range(3)"}, ["seed=5"]) == [
         ["arm=control", "seed=5"], ["arm=opt_fix", "seed=5"]]
-    assert len(P.expand({}, ["arch=hybrid,stable_hybrid", "clip=none,agc", "seed=range(10)"])) == 40
+    verbatim = ["arch=hybrid,stable_hybrid", "clip=none,agc", "seed=range(10)"]
+    assert len(P.expand({}, verbatim)) == 40
 
 
 def test_plan_lists_every_job_with_its_arm_and_folder(tmp_path):

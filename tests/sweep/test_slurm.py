@@ -11,10 +11,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from _fixtures import FAST, TINY, result_files, run_dirs, status_of, train, wait_for, write_run
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from _fixtures import FAST, TINY, result_files, run_dirs, status_of, train, wait_for, write_run
 from hydra_plugins.ptychostab_launcher.launcher import PtychoSlurmLauncher
 from ptychostab import config as C
 from ptychostab.cli.plan import build_plan

@@ -93,10 +93,10 @@ class _SweepSafeMixin:
                 log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
                 params.append((overrides, "hydra.sweep.dir", idx, f"job_id_for_{idx}",
                                Singleton.get_state()))
-            jobs = executor.map_array(self, *zip(*params))
+            jobs = executor.map_array(self, *zip(*params, strict=True))
             ids = ", ".join(sorted({str(j.job_id).split("_")[0] for j in jobs}))
             log.info(f"Submitted {len(jobs)} job(s) ({ids}); waiting for all of them")
-            for (idx, overrides), job in zip(todo, jobs):
+            for (idx, overrides), job in zip(todo, jobs, strict=True):
                 returns[idx] = self._wait(job, overrides, plan)
         return [returns[initial_job_idx + i] for i in range(len(job_overrides))]
 

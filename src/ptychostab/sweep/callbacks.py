@@ -138,7 +138,7 @@ class SweepPreflight(Callback):
             log.warning(f"on_job_end could not record the failure: {err}")
 
 
-# --- records for runs that could not write their own ----------------------------------------------
+# --- records for runs that could not write their own ---------------------------------------------
 def _write_result(run_dir: Path, cfg: Any, status: str, message: str, **extra: Any) -> None:
     """An ``exception``/``timeout``/``preempted``/``oom`` result for a run that died early,
     built from what is on disk (manifest, history)."""

@@ -164,7 +164,7 @@ def _history_epochs(run_dir: Path) -> list[float]:
         return []
     if len(walls) == 1:
         return [walls[0]]
-    return [b - a for a, b in zip(walls, walls[1:]) if b > a]
+    return [b - a for a, b in zip(walls, walls[1:], strict=False) if b > a]
 
 
 def _split_seed(overrides: Sequence[str]) -> tuple[tuple[str, ...], str | None]:
@@ -274,7 +274,7 @@ def _check_duplicates(jobs: list[Job]) -> None:
         seen[job.run_dir] = job
 
 
-# --- per-arm size and time -------------------------------------------------------------------------
+# --- per-arm size and time -----------------------------------------------------------------------
 def describe_config(cfg: Mapping[str, Any]) -> dict:
     """``ptychostab.models.describe`` for a plain resolved config (no weights allocated)."""
     from ptychostab.models import describe  # lazy: the dry run must work before models exist
@@ -330,7 +330,8 @@ def _model_epoch_s(arm: Arm, settings: Mapping[str, Any]) -> float | None:
 def _estimate(plan: Plan) -> None:
     measured: dict[str, float] = {}
     for arm_id in plan.arms:
-        durations = [d for j in plan.jobs if j.arm_id == arm_id for d in _history_epochs(j.run_dir)]
+        durations = [d for j in plan.jobs if j.arm_id == arm_id
+                     for d in _history_epochs(j.run_dir)]
         if durations:
             measured[arm_id] = statistics.median(durations)
     refs = [(plan.arms[a].memory_gb, s) for a, s in measured.items() if plan.arms[a].memory_gb]
@@ -428,7 +429,8 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"{arm.arm_id}  {_fields_text(arm.fields)}")
         lines.append(f"    {size}; {epoch}; to do: {_fmt_min(todo_min)}")
         lines.append("    seeds: " + " ".join(
-            f"{j.seed}:{mark[j.status]}{'' if j.result_status in (None, 'ok') else '(' + j.result_status + ')'}"
+            f"{j.seed}:{mark[j.status]}" + (f"({j.result_status})"
+                                            if j.result_status not in (None, "ok") else "")
             for j in jobs))
         lines.append(f"    {per[DONE]} done, {per[FAILED]} failed, {per[TODO]} to do")
         if arm.refused:
