@@ -82,8 +82,12 @@ slurm-up: ## start a single-node SLURM cluster with accounting here (root; idemp
 slurm-down: ## stop the daemons slurm-up started (and only those)
 	bash scripts/slurm_down.sh
 
+test-slurm: install slurm-up ## the SLURM tests (pytest -m slurm) against the local cluster (~4 min)
+	$(PY) -m pytest -q -m slurm
+
 clean: ## remove caches and stray Lightning/Hydra folders (never outputs/ or .cache/datasets)
 	rm -rf .pytest_cache .ruff_cache multirun lightning_logs
 	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install test demo plan stage-a clip-sweep stage-b aggregate slurm-up slurm-down clean
+.PHONY: help install test demo plan stage-a clip-sweep stage-b aggregate slurm-up slurm-down \
+	test-slurm clean

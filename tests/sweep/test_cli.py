@@ -11,39 +11,44 @@ from ptychostab import config as C
 from ptychostab.runs import records
 from ptychostab.sweep import identity
 
-SWEEP = ["-m", "arch=hybrid", "clip=none,agc", "seed=0", *FAST]
+# The usage line of the issue, verbatim, plus tiny data, a small network and a tmp root.
+SWEEP = ["-m", "arch=hybrid,stable_hybrid", "clip=none,agc", "seed=range(2)", *TINY]
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """One 2-job sweep shared by the tests below (they only read it or restore it)."""
+    """The usage line's 8 jobs, shared by the tests below (they only read or restore it)."""
     out = tmp_path_factory.mktemp("sweep")
     res = train(SWEEP, out)
     assert res.returncode == 0, res.stdout[-4000:]
     return out / "default", res
 
 
-def test_sweep_writes_one_record_per_job(sweep):
+def test_usage_line_writes_8_result_records(sweep):
     sweep_dir, res = sweep
     dirs = run_dirs(sweep_dir)
-    assert [d.name for d in dirs] == ["seed=0", "seed=0"]
-    assert len(result_files(sweep_dir)) == 2 and (sweep_dir / "plan.csv").exists()
+    assert len(dirs) == 8 and len({d.parent.name for d in dirs}) == 4
+    assert sorted(d.name for d in dirs) == ["seed=0"] * 4 + ["seed=1"] * 4
+    assert len(result_files(sweep_dir)) == 8 and (sweep_dir / "plan.csv").exists()
     for d in dirs:
         result = json.loads((d / records.RESULT).read_text())
         manifest = json.loads((d / records.MANIFEST).read_text())
         assert result["status"] in records.ALL_STATUSES
         assert result["arm_id"] == manifest["arm_id"] == d.parent.name
-        assert manifest["seed"] == 0
+        assert d.name == f"seed={manifest['seed']}"
         assert manifest["arm"]["label"] == d.parent.name.rsplit("-", 1)[0]
         expected = identity.arm_id(C.compose(manifest["overrides"]))
         assert d.parent.name == expected  # the folder is the config's identity
-    assert "preflight" in res.stdout or "plan (" in res.stdout
+    assert "plan (" in res.stdout  # the preflight ran
+    arm = dirs[0].parent
+    h0, h1 = (records.read_history(arm / f"seed={k}" / records.HISTORY).data for k in (0, 1))
+    assert h0[0]["train_loss"] != h1[0]["train_loss"]  # the seeds differ
 
 
 def test_seed_zero_is_honoured(sweep, tmp_path):
     """seed=0 seeds the run (no `if cfg.seed:` bug): a second seed=0 run repeats it exactly."""
     sweep_dir, _ = sweep
-    again = train(["arch=hybrid", "clip=none", "seed=0", *FAST], tmp_path)
+    again = train(["arch=hybrid", "clip=none", "seed=0", *TINY], tmp_path)
     assert again.returncode == 0, again.stdout[-3000:]
     (run,) = run_dirs(tmp_path / "default")
     first = sweep_dir / run.parent.name / "seed=0"
@@ -61,20 +66,20 @@ def test_rerun_of_a_finished_sweep_trains_nothing(sweep):
     res = train(SWEEP, sweep_dir.parent)
     assert res.returncode == 0, res.stdout[-3000:]
     assert snapshot(files) == before
-    assert res.stdout.count("SKIP") == 2
+    assert res.stdout.count("SKIP") == 8
 
 
 def test_after_deleting_one_result_exactly_one_job_runs(sweep):
     sweep_dir, _ = sweep
-    victim, other = result_files(sweep_dir)
-    kept = snapshot([other])
+    victim, *others = result_files(sweep_dir)
+    kept = snapshot(others)
     status = status_of(victim.parent)
     victim.unlink()
     res = train(SWEEP, sweep_dir.parent)
     assert res.returncode == 0, res.stdout[-3000:]
-    assert res.stdout.count("SKIP") == 1
+    assert res.stdout.count("SKIP") == 7  # the other seven
     assert victim.exists() and status_of(victim.parent) == status
-    assert snapshot([other]) == kept
+    assert snapshot(others) == kept
 
 
 def test_typo_fails_before_any_job_starts(tmp_path):
@@ -89,21 +94,6 @@ def test_typo_fails_before_any_job_starts(tmp_path):
     single = train(["depth=0", *FAST], tmp_path / "c")
     assert single.returncode != 0 and "depth=0" in single.stdout
     assert not (tmp_path / "c").exists()
-
-
-@pytest.mark.slow
-def test_usage_line_runs_its_8_jobs(tmp_path):
-    """README/issue usage line, verbatim plus tiny data and a small network."""
-    res = train(["-m", "arch=hybrid,stable_hybrid", "clip=none,agc", "seed=range(2)", *TINY],
-                tmp_path)
-    assert res.returncode == 0, res.stdout[-4000:]
-    sweep_dir = tmp_path / "default"
-    assert len(result_files(sweep_dir)) == 8
-    assert len({d.parent.name for d in run_dirs(sweep_dir)}) == 4
-    assert {d.name for d in run_dirs(sweep_dir)} == {"seed=0", "seed=1"}
-    a0, a1 = (records.read_history(sweep_dir / run_dirs(sweep_dir)[0].parent.name / f"seed={s}"
-                                   / records.HISTORY).data for s in (0, 1))
-    assert a0[0]["train_loss"] != a1[0]["train_loss"]  # seeds differ
 
 
 @pytest.mark.slow

@@ -1,11 +1,11 @@
 """Failure detection and grad-norm statistics, accumulated on the training device.
 
-The per-step update (:meth:`StepMonitor.record`) is a fixed sequence of tensor ops with no
-host synchronisation and no Python branch on a tensor value, so it costs a few tiny kernels and
-never stalls the GPU. The host reads the monitor every ``sync_every`` steps
-(:meth:`StepMonitor.poll`, one transfer) and at the end of each epoch
-(:meth:`StepMonitor.epoch_summary`, one transfer). A NaN is still attributed to the exact
-global step where it first appeared: that step number is captured on the device.
+The per-step update (:meth:`StepMonitor.record`) stores the step's loss and norms with three
+device ops (no host synchronisation, no Python branch on a tensor value; CUDA-graph safe). The
+host reads the monitor every ``sync_every`` steps (:meth:`StepMonitor.poll`, one transfer) and
+at the end of each epoch (:meth:`StepMonitor.epoch_summary`, one transfer); the detectors run
+over the new steps, vectorised, just before each read. A NaN is still attributed to the exact
+global step where it first appeared.
 
 Failure kinds (records.FAILURE_KINDS):
 
@@ -72,6 +72,14 @@ class TrainingFailure(Exception):
 class StepMonitor:
     """Per-step losses and grad norms of one epoch, plus the failure detectors' state.
 
+    The per-step part (:meth:`record_device`) only stores ``(loss, pre, post)`` in a
+    preallocated buffer and advances two device counters: three kernels, no host sync, no
+    Python branch on a value, and the same tensors on every call, so it can sit inside a
+    captured CUDA graph. The detectors run over the steps recorded since their last run,
+    vectorised, when the host reads them (:meth:`poll`, :meth:`epoch_summary`,
+    :meth:`state_dict`): the result is exactly that of updating them at every step (the
+    failure step is still the step where it happened), at a fraction of the per-step cost.
+
     Parameters
     ----------
     steps_per_epoch : int
@@ -87,44 +95,80 @@ class StepMonitor:
         dev = torch.device(device)
         self.values = torch.full((3, self.steps_per_epoch), math.nan, device=dev)
         self.pos = torch.zeros((), dtype=torch.long, device=dev)  # index in this epoch
-        self.step = torch.zeros((), dtype=torch.long, device=dev)  # global step being recorded
+        self.step = torch.zeros((), dtype=torch.long, device=dev)  # next global step
         self.running_min = torch.full((), math.inf, device=dev)
         self.streak = torch.zeros((), dtype=torch.long, device=dev)
         self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=dev)
         self.diverged_at = torch.full((), -1, dtype=torch.long, device=dev)
         self.clipped = torch.zeros((), dtype=torch.long, device=dev)  # steps clipped, this epoch
         self.count = 0  # steps recorded this epoch (host side, no sync needed)
+        self._scanned = 0  # steps of this epoch the detectors have seen
 
     # --- hot path ----------------------------------------------------------------------------
     def record(self, loss: Tensor, pre: Tensor, post: Tensor) -> None:
-        """Store one step's loss and norms and update the detectors (device ops only)."""
-        s = self.settings
+        """Store one step's loss and norms (device ops only)."""
+        self.record_device(loss, pre, post)
+        self.count += 1
+
+    def record_device(self, loss: Tensor, pre: Tensor, post: Tensor) -> None:
+        """The device half of :meth:`record`: safe to capture in a CUDA graph. Whoever
+        replays it advances :attr:`count` once per replay."""
         v = torch.stack((loss.detach(), pre.detach(), post.detach())).to(self.values.dtype)
         self.values.index_copy_(1, self.pos.view(1), v.view(3, 1))
-        loss_v, pre_v, post_v = v.unbind()
-        nonfinite = ~torch.isfinite(v[:2]).all()
-        self.first_nonfinite.copy_(torch.where(nonfinite & (self.first_nonfinite < 0),
-                                               self.step, self.first_nonfinite))
-        over = (loss_v > s.loss_factor * self.running_min) | (pre_v > s.grad_norm_bound)
-        self.streak.mul_(over).add_(over.long())
-        self.diverged_at.copy_(torch.where((self.streak >= s.patience_steps)
-                                           & (self.diverged_at < 0), self.step, self.diverged_at))
-        # fmin ignores a NaN loss: the running minimum stays a minimum of finite losses.
-        torch.fmin(self.running_min, loss_v, out=self.running_min)
-        self.clipped.add_((post_v < pre_v).long())
-        self.pos.add_(1)
-        self.step.add_(1)
-        self.count += 1
+        torch._foreach_add_([self.pos, self.step], 1)
+
+    # --- detectors -----------------------------------------------------------------------------
+    def _scan(self) -> None:
+        """Run the detectors over the steps recorded since the last scan (device ops only).
+
+        Per step ``t`` (as an update at every step would):
+        ``nonfinite_t = !finite(loss_t) or !finite(pre_t)``;
+        ``over_t = loss_t > factor * min(finite losses before t) or pre_t > bound``;
+        ``streak_t = over_t ? streak_{t-1} + 1 : 0``; the first ``t`` with
+        ``streak_t >= patience`` is the divergence step. NaN comparisons are false.
+        """
+        lo, hi = self._scanned, self.count
+        if hi <= lo:
+            return
+        s = self.settings
+        dev = self.values.device
+        loss, pre, post = self.values[:, lo:hi].unbind()
+        n = hi - lo
+        idx = torch.arange(n, device=dev)
+        steps = self.step - n + idx  # global step of each scanned entry
+
+        bad = ~(torch.isfinite(loss) & torch.isfinite(pre))
+        first_bad = torch.where(bad, steps, torch.iinfo(torch.long).max).min()
+        self.first_nonfinite.copy_(torch.where((self.first_nonfinite < 0) & bad.any(),
+                                               first_bad, self.first_nonfinite))
+
+        finite_loss = torch.where(torch.isnan(loss), math.inf, loss)  # fmin ignores NaN
+        cummin = torch.cummin(finite_loss, 0).values
+        prev_min = torch.minimum(self.running_min,
+                                 torch.cat((self.running_min.view(1), cummin[:-1])))
+        over = (loss > s.loss_factor * prev_min) | (pre > s.grad_norm_bound)
+        last_reset = torch.cummax(torch.where(over, -1, idx), 0).values
+        run = torch.where(last_reset >= 0, idx - last_reset, self.streak + idx + 1)
+        hit = run >= s.patience_steps
+        first_hit = torch.where(hit, steps, torch.iinfo(torch.long).max).min()
+        self.diverged_at.copy_(torch.where((self.diverged_at < 0) & hit.any(),
+                                           first_hit, self.diverged_at))
+        self.streak.copy_(run[-1])
+        self.running_min.copy_(torch.minimum(self.running_min, cummin[-1]))
+        self.clipped.add_((post < pre).sum())
+        self._scanned = hi
 
     # --- host reads --------------------------------------------------------------------------
     def poll(self) -> dict:
         """Failure steps seen so far (one host transfer): ``{"nonfinite": int|None, ...}``."""
+        self._scan()
         nf, dv = torch.stack((self.first_nonfinite, self.diverged_at)).tolist()
         return {"nonfinite": nf if nf >= 0 else None, "diverged": dv if dv >= 0 else None}
 
     def epoch_summary(self, extra: dict[str, Tensor] | None = None) -> dict:
         """Mean/median/max of this epoch's loss and grad norms, the detectors' state, and
         ``extra`` device scalars, read in one host transfer."""
+        self._scan()
         extra = extra or {}
         n = self.count
         dev = self.values.device
@@ -154,24 +198,29 @@ class StepMonitor:
 
     def start_epoch(self) -> None:
         """Reset the per-epoch buffers (the detectors carry over)."""
+        self._scan()
         self.values.fill_(math.nan)
         self.pos.zero_()
         self.clipped.zero_()
         self.count = 0
+        self._scanned = 0
 
     # --- checkpointing -----------------------------------------------------------------------
     _TENSORS = ("values", "pos", "step", "running_min", "streak", "first_nonfinite",
                 "diverged_at", "clipped")
 
     def state_dict(self) -> dict:
+        self._scan()
         out = {k: getattr(self, k).detach().cpu().clone() for k in self._TENSORS}
         out["count"] = self.count
         return out
 
     def load_state_dict(self, state: dict) -> None:
+        """In place: the tensors keep their storage (a captured CUDA graph stays valid)."""
         for k in self._TENSORS:
             getattr(self, k).copy_(state[k])
         self.count = int(state["count"])
+        self._scanned = self.count
 
 
 class CollapseMeter:

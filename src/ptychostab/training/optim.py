@@ -25,23 +25,38 @@ from torch import nn
 from .settings import TrainerSettings
 
 __all__ = ["WARMUP_START_FACTOR", "WarmupCosine", "EpochScheduler", "build_optimizer",
-           "build_scheduler", "describe_optimizer"]
+           "build_scheduler", "describe_optimizer", "implementation_flags",
+           "restore_step_flags"]
 
 WARMUP_START_FACTOR = 0.1  # reference: LinearLR(start_factor=0.1) over the warmup epochs
 
 
-def _fast_kwargs(params: list[nn.Parameter]) -> dict:
+def _fast_kwargs(params: list[nn.Parameter], capturable: bool = False) -> dict:
     """``fused`` where every parameter allows it (real floating point on CUDA), else
-    ``foreach``. Complex (spectral) weights rule out ``fused`` in torch today."""
+    ``foreach``. Complex (spectral) weights rule out ``fused`` in torch today.
+
+    ``capturable`` (Adam/AdamW, for a CUDA-graph captured step): the step counter and the bias
+    corrections live on the device, so a replayed graph advances them."""
     if params and all(p.is_cuda and p.is_floating_point() for p in params):
-        return {"fused": True}
-    return {"foreach": True}
+        fast = {"fused": True}
+    else:
+        fast = {"foreach": True}
+    if capturable:
+        fast["capturable"] = True
+    return fast
 
 
-def build_optimizer(params, settings: TrainerSettings) -> torch.optim.Optimizer:
-    """Adam / AdamW / SGD(momentum, Nesterov when momentum > 0) with the configured knobs."""
+def build_optimizer(params, settings: TrainerSettings, *, capturable: bool = False
+                    ) -> torch.optim.Optimizer:
+    """Adam / AdamW / SGD(momentum, Nesterov when momentum > 0) with the configured knobs.
+
+    ``capturable=True`` builds an optimizer whose ``step()`` may be captured in a CUDA graph
+    (parameters on CUDA). SGD needs no such flag (it keeps no step counter); its learning rate
+    is a Python float, as Adam's, so a captured step bakes the current learning rate in and
+    the capturer re-captures when a scheduler changes it (``training.graphs``).
+    """
     params = [p for p in params if p.requires_grad]
-    fast = _fast_kwargs(params)
+    fast = _fast_kwargs(params, capturable=capturable and settings.optimizer != "sgd")
     if settings.optimizer == "adam":
         return torch.optim.Adam(params, lr=settings.lr, betas=settings.betas,
                                 weight_decay=settings.weight_decay, **fast)
@@ -117,11 +132,35 @@ def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainerSettings
     return EpochScheduler("exponential", sched, {"gamma": sched.gamma})
 
 
+def restore_step_flags(optimizer: torch.optim.Optimizer, flags: dict) -> None:
+    """Put back the implementation flags (``foreach``, ``fused``, ``capturable``) that
+    ``optimizer.load_state_dict`` copied from the saved param groups, and move capturable
+    step counters onto the parameters' device (a checkpoint written by a run with other
+    fast-path settings then resumes with this run's)."""
+    for group in optimizer.param_groups:
+        for key, value in flags.items():
+            if key in group:
+                group[key] = value
+        on_device = bool(group.get("capturable") or group.get("fused"))
+        for p in group["params"]:
+            step = optimizer.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                where = p.device if on_device else torch.device("cpu")
+                if step.device != where:  # eager Adam reads a CPU counter without a sync
+                    optimizer.state[p]["step"] = step.to(device=where, dtype=torch.float32)
+
+
+def implementation_flags(optimizer: torch.optim.Optimizer) -> dict:
+    """The first param group's ``foreach`` / ``fused`` / ``capturable`` flags."""
+    g = optimizer.param_groups[0]
+    return {k: g[k] for k in ("foreach", "fused", "capturable") if k in g}
+
+
 def describe_optimizer(optimizer: torch.optim.Optimizer) -> dict:
     """Settings read back from the optimizer's first param group."""
     g = optimizer.param_groups[0]
     keys = ("lr", "initial_lr", "betas", "weight_decay", "momentum", "nesterov", "eps",
-            "foreach", "fused")
+            "foreach", "fused", "capturable")
     out = {"class": type(optimizer).__name__}
     out.update({k: (list(g[k]) if isinstance(g[k], tuple) else g[k]) for k in keys if k in g})
     out["n_params"] = sum(len(g["params"]) for g in optimizer.param_groups)
