@@ -28,6 +28,7 @@ LAUNCHER ?= local# local | submitit_local | slurm
 OUT ?= outputs# output root: runs land in $(OUT)/<sweep>/<arm_id>/seed=<k>/
 EXP ?=# an experiment of experiments/ (its sweep folder has the same name)
 ARGS ?=# extra Hydra overrides, e.g. ARGS="trainer.max_epochs=20 'seed=range(3)'"
+AGG_ARGS ?=# extra aggregator flags, e.g. AGG_ARGS="--no-plots --control hybrid_norm1.0_d8"
 
 demo: install ## the README's first job: Stage A's shape on tiny data on CPU (~3 min), then its report
 	$(PY) train.py -m +experiment=demo paths.output_root=$(OUT) $(ARGS)
@@ -69,11 +70,9 @@ clip-sweep: install ## control sensitivity: hybrid, norm clip 1..100 x 5 seeds (
 stage-b: install ## Stage B: the arms at depth 8 x 10 seeds (LAUNCHER=...)
 	$(call sweep,stage_b,stage-b)
 
-aggregate: ## aggregate a sweep folder: runs.csv, summary.csv, report.md, plots (EXP=stage_a)
-	@test -n "$(EXP)" || { echo "usage: make aggregate EXP=<sweep>  (folder $(OUT)/<sweep>)"; exit 2; }
-	@if $(PY) -c "import ptychostab.cli.aggregate" 2>/dev/null; then \
-	  $(PY) -m ptychostab.cli.aggregate $(OUT)/$(EXP); \
-	else echo "the aggregator (ptychostab.cli.aggregate) is not installed yet"; fi
+aggregate: install ## aggregate sweep folders: runs.csv, summary.csv, report.md, plots, decision (EXP="stage_a stage_b")
+	@test -n "$(EXP)" || { echo "usage: make aggregate EXP=<sweep> [EXP=\"stage_a stage_b\"]  (folders $(OUT)/<sweep>)"; exit 2; }
+	$(PY) -m ptychostab.cli.aggregate $(addprefix $(OUT)/,$(EXP)) $(AGG_ARGS)
 
 # --- a local SLURM cluster (root; Debian) ---------------------------------------------------
 slurm-up: ## start a single-node SLURM cluster with accounting here (root; idempotent)
@@ -85,9 +84,12 @@ slurm-down: ## stop the daemons slurm-up started (and only those)
 test-slurm: install slurm-up ## the SLURM tests (pytest -m slurm) against the local cluster (~4 min)
 	$(PY) -m pytest -q -m slurm
 
+test-slow: install ## the slow tests (pytest -m slow): submitit_local, concurrent sweeps, torch.compile parity
+	$(PY) -m pytest -q -m slow
+
 clean: ## remove caches and stray Lightning/Hydra folders (never outputs/ or .cache/datasets)
 	rm -rf .pytest_cache .ruff_cache multirun lightning_logs
 	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: help install test demo plan stage-a clip-sweep stage-b aggregate slurm-up slurm-down \
-	test-slurm clean
+	test-slurm test-slow clean

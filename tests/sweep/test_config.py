@@ -95,7 +95,7 @@ def test_experiment_composes_every_job(name, tmp_path):
     assert "seed" in cfg.hydra.sweeper.params
     plan = build_plan([f"+experiment={name}", f"paths.output_root={tmp_path}"], describe=False)
     expected = {"stage_a": (3, 30, 4), "stage_b": (3, 30, 8), "clip_sweep": (6, 30, 4),
-                "demo": (3, 6, 4)}[name]
+                "demo": (3, 9, 4)}[name]
     assert (len(plan.arms), len(plan.jobs)) == expected[:2]
     assert {a.cfg["arch"]["fno_blocks"] for a in plan.arms.values()} == {expected[2]}
     assert not list(tmp_path.iterdir())  # planning writes nothing by itself

@@ -46,10 +46,12 @@ from omegaconf import DictConfig, OmegaConf
 from ptychostab.runs import records
 from ptychostab.runs.checkpoint import (
     FORMAT,
+    CheckpointWriter,
     atomic_torch_save,
     load_checkpoint,
     rng_state,
     set_rng_state,
+    snapshot,
 )
 from ptychostab.runs.environment import (
     config_hash,
@@ -175,6 +177,7 @@ class _Job:
         self.module: PtychoModule | None = None
         self.data = None
         self.effective: dict | None = None
+        self.writer = CheckpointWriter()  # last/best.ckpt and history.csv, off the step path
         self.segment: dict = {"id": uuid.uuid4().hex[:12], "start_time": _now(),
                               "resumed_from": None, "slurm": slurm_ids(),
                               "host": host_info()["hostname"]}
@@ -234,7 +237,8 @@ class _Job:
             torch.backends.cuda.matmul.allow_tf32 = settings.tf32
             torch.backends.cudnn.allow_tf32 = settings.tf32
             tf32.update(matmul=torch.backends.cuda.matmul.allow_tf32,
-                        cudnn=torch.backends.cudnn.allow_tf32)
+                        cudnn=torch.backends.cudnn.allow_tf32,
+                        float32_matmul_precision=torch.get_float32_matmul_precision())
             torch.cuda.reset_peak_memory_stats(self.device)
 
         self.data = load_data(cfg)
@@ -298,19 +302,35 @@ class _Job:
             callbacks=[_ReinstallSignals(self.guard)])
 
     def on_epoch_end(self, module: PtychoModule, row: dict, is_best: bool) -> None:
-        """After every epoch: last.ckpt first (the resume point), best.ckpt, history.csv."""
-        self.save_last(reason="epoch_end")
+        """After every epoch: last.ckpt first (the resume point), best.ckpt, history.csv,
+        snapshotted now and written in that order by the background writer (the previous
+        epoch's writes are waited for first: at most one epoch of writes in flight)."""
+        self.writer.wait()
+        self.save_last(reason="epoch_end", wait=False)
         if is_best:
-            atomic_torch_save({"format": FORMAT, "generator": module.generator.state_dict(),
-                               "epoch": row["epoch"], "val_loss": row["val_loss"]},
-                              self.path(records.BEST_CKPT))
-        records.write_history(self.path(records.HISTORY), module.history)
+            best = snapshot({"format": FORMAT, "generator": module.generator.state_dict(),
+                             "epoch": row["epoch"], "val_loss": row["val_loss"]})
+            self.writer.submit(atomic_torch_save, best, self.path(records.BEST_CKPT))
+        self.writer.submit(records.write_history, self.path(records.HISTORY),
+                           snapshot(module.history))
 
-    def save_last(self, reason: str) -> None:
-        atomic_torch_save({"format": FORMAT, "reason": reason,
-                           "training": self.module.training_state(), "rng": rng_state(),
-                           "wall_s": self.clock(), "config_hash": self.hash},
-                          self.path(records.LAST_CKPT))
+    def save_last(self, reason: str, wait: bool = True) -> None:
+        state = snapshot({"format": FORMAT, "reason": reason,
+                          "training": self.module.training_state(), "rng": rng_state(),
+                          "wall_s": self.clock(), "config_hash": self.hash})
+        self.writer.submit(atomic_torch_save, state, self.path(records.LAST_CKPT))
+        if wait:
+            self.writer.wait()
+
+    def drain_writes(self, strict: bool = True) -> None:
+        """Wait for the queued checkpoint/history writes; ``strict=False`` logs an error
+        instead of raising (a failure being recorded must not be hidden by it)."""
+        try:
+            self.writer.wait()
+        except Exception as err:
+            if strict:
+                raise
+            log.warning("writing checkpoints/history failed: %r", err)
 
     def train(self) -> None:
         if self.module.epoch < self.module.settings.max_epochs:
@@ -319,6 +339,7 @@ class _Job:
     # -- outcomes
     def finish(self) -> dict:
         """Training completed: evaluate final and best weights, check for collapse."""
+        self.drain_writes()  # best.ckpt is read back below
         metrics, metrics_best = self.evaluate_all(save_recon=True)
         status, failure = records.OK, None
         bound = self.module.failure.collapse_ssim
@@ -411,6 +432,7 @@ class _Job:
         return record
 
     def record_failure(self, f: TrainingFailure) -> dict:
+        self.drain_writes(strict=False)
         if self.module is not None:
             records.write_history(self.path(records.HISTORY), self.module.history)
         failure = records.failure(f.kind, epoch=f.epoch, step=f.step,
@@ -424,6 +446,7 @@ class _Job:
         return self.write_result(f.kind, failure, metrics, metrics_best)
 
     def record_preempted(self, p: Preempted) -> dict:
+        self.drain_writes(strict=False)  # an older queued last.ckpt must land first
         self.save_last(reason="preempted")
         records.write_history(self.path(records.HISTORY), self.module.history)
         m = self.module
@@ -438,6 +461,7 @@ class _Job:
         kind = "oom" if _is_oom(err) else "exception"
         text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
         records.atomic_write_text(self.path(records.TRACEBACK), text)
+        self.drain_writes(strict=False)
         if self.module is not None:
             records.write_history(self.path(records.HISTORY), self.module.history)
         m = self.module
@@ -494,6 +518,9 @@ def run_job(cfg: DictConfig, *, run_dir, arm: dict, arm_id: str, overrides: list
         except Exception as err:
             record = job.record_exception(err)
             raised = err if strict else None
+        finally:
+            job.drain_writes(strict=False)
+            job.writer.close()
         if raised is not None:
             raise raised
         guard.chain()  # a signal that arrived: hand it on (submitit requeues, default exits)

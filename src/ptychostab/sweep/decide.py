@@ -469,6 +469,9 @@ def decide(rows: list[dict], rule: DecisionRule, control: str | None = None) -> 
     outcome, because = walk.run()
     notes = _notes(by_stage, rule, control)
     if outcome is not None:
+        if not by_stage["B"]:
+            notes.append("Stage B: no records; this outcome does not depend on them "
+                         "(decided by Stage A alone)")
         return Decision(outcome, because, walk.verdicts, [], None, notes, roles)
     loose = _Walk(by_stage, rule, control, enforce_complete=False)
     provisional, why = loose.run()

@@ -3,7 +3,7 @@
 One optimisation step (manual optimisation)::
 
     loss = LOSS(predict_amplitude(G(x), probe), x)        one physics implementation
-    manual_backward(loss)
+    loss.backward()
     pre = ||grad||  ->  clip (none | norm | value | agc)  ->  post = ||grad||
     optimizer.step(); optimizer.zero_grad(set_to_none=True)
     monitor.record(loss, pre, post)                       device ops only, no host sync
@@ -11,6 +11,19 @@ One optimisation step (manual optimisation)::
 Every ``sync_every`` steps and at the last step of an epoch the failure monitor is read once;
 at the end of an epoch: validation, one read of the epoch's statistics, a history row, the
 scheduler step, the epoch-end callback (the job writes checkpoints and records there).
+
+Lightning drives epochs, not steps: the train loader (:class:`~.batches.EpochLoader`) yields
+one :data:`~.batches.EPOCH_RUN` per epoch and ``training_step(EPOCH_RUN)`` runs the epoch's
+remaining steps, each one a ``training_step(index_batch, i)`` call. Lightning's per-batch
+machinery (fetcher, hooks, progress tracking, ``manual_backward`` and ``LightningOptimizer``
+wrappers) cost ~0.5 ms a step on a CPU, 10 % of a 5 ms step; the step calls
+``loss.backward()`` and ``optimizer.step()`` directly (single device, 32-bit: that is all
+Lightning would do besides hooks nobody here uses). Lightning's own ``trainer.global_step``
+therefore stays 0; the module owns its position.
+
+Fast-path flags (``trainer``): ``compile`` wraps the generator in ``torch.compile``;
+``cuda_graphs`` replays the whole step from a captured CUDA graph (:mod:`.graphs`); ``tf32``
+is set by the job (process-wide).
 
 The module owns its position: ``epoch`` (the epoch in progress), ``step_in_epoch`` (batches
 done in it) and ``global_step_count`` (optimizer steps done). A resumed job restores them with
@@ -31,10 +44,17 @@ from torch import Tensor, nn
 from ptychostab.physics.forward import predict_amplitude
 from ptychostab.physics.losses import get_loss, loss_names
 
-from .batches import SeededBatches
+from .batches import EpochLoader, EpochRun, SeededBatches
 from .clipping import GradientClipper
+from .graphs import GraphedStep
 from .monitors import CollapseMeter, FailureSettings, StepMonitor, TrainingFailure
-from .optim import build_optimizer, build_scheduler, describe_optimizer
+from .optim import (
+    build_optimizer,
+    build_scheduler,
+    describe_optimizer,
+    implementation_flags,
+    restore_step_flags,
+)
 from .settings import TrainerSettings
 
 __all__ = ["Preempted", "PtychoModule"]
@@ -96,22 +116,22 @@ class PtychoModule(L.LightningModule):
         self.loss_names = loss_names(settings.loss)
         self.generator_info = dict(generator_info or {})
 
-        if settings.cuda_graphs:
-            if self.device_.type != "cuda":
-                raise ValueError("trainer.cuda_graphs=true needs a CUDA device; this job runs on "
-                                 f"{self.device_} (set trainer.cuda_graphs=false)")
-            raise NotImplementedError("trainer.cuda_graphs: capture of the train step is not "
-                                      "built yet (GPU fast-path issue); set it to false")
+        if settings.cuda_graphs and self.device_.type != "cuda":
+            raise ValueError("trainer.cuda_graphs=true needs a CUDA device; this job runs on "
+                             f"{self.device_} (set trainer.cuda_graphs=false)")
         # Kept out of the module tree: the compiled wrapper shares the generator's parameters
         # and must not duplicate them in state_dict().
         self.__dict__["forward_fn"] = torch.compile(generator) if settings.compile else generator
 
-        self.optimizer = build_optimizer(generator.parameters(), settings)
+        self.optimizer = build_optimizer(generator.parameters(), settings,
+                                         capturable=settings.cuda_graphs)
+        self._optimizer_flags = implementation_flags(self.optimizer)
         self.scheduler = build_scheduler(self.optimizer, settings)
         self.batches = SeededBatches(train_data, settings.batch_size, seed,
                                      cursor=lambda: (self.epoch, self.step_in_epoch),
                                      device=self.device_)
         self.monitor = StepMonitor(self.batches.batches_per_epoch, failure, self.device_)
+        self.graphed = GraphedStep(self) if settings.cuda_graphs else None
 
         self.epoch = 0
         self.step_in_epoch = 0
@@ -139,7 +159,7 @@ class PtychoModule(L.LightningModule):
         return self.optimizer
 
     def train_dataloader(self):
-        return self.batches
+        return EpochLoader()  # one item per epoch: see the module docstring
 
     def on_fit_start(self) -> None:
         log.info("effective settings: %s", self.effective_settings())
@@ -147,30 +167,46 @@ class PtychoModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.epoch_lr = float(self.optimizer.param_groups[0]["lr"])
 
-    # --- one step ------------------------------------------------------------------------------
-    def training_step(self, batch: Tensor, batch_idx: int) -> None:
+    # --- one epoch, one step -------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int = 0) -> None:
+        """One optimizer step on ``batch`` (an int64 index batch into ``train_data``, as the
+        epoch loop passes, or a batch of inputs); or, for :data:`EPOCH_RUN` (what Lightning
+        passes), the remaining steps of the current epoch."""
+        if isinstance(batch, EpochRun):
+            self._train_epoch()
+            return None
         signum = self.stop_requested()
         if signum is not None:
             raise Preempted(signum)
         step = self.global_step_count
         if self.failure.test_inject_exception_step == step:
             raise RuntimeError(f"injected test exception at global step {step}")
-        opt = self.optimizers()
 
-        loss, _ = self.compute_loss(batch)
-        if self.failure.test_inject_nan_step == step:
-            loss = loss * math.nan
-        self.manual_backward(loss)
-        pre, post = self.clipper(self.generator)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        self.monitor.record(loss, pre, post)
+        if self.graphed is not None:
+            self.graphed(batch)
+        else:
+            x = batch if batch.is_floating_point() else self.batches.gather(batch)
+            loss, _ = self.compute_loss(x)
+            if self.failure.test_inject_nan_step == step:
+                loss = loss * math.nan
+            loss.backward()
+            pre, post = self.clipper(self.generator)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.monitor.record(loss, pre, post)
 
         self.global_step_count += 1
         self.step_in_epoch += 1
         last = self.step_in_epoch == self.batches.batches_per_epoch
         if last or self.global_step_count % self.settings.sync_every == 0:
             self._raise_on_step_failure(self.monitor.poll())
+        return None
+
+    def _train_epoch(self) -> None:
+        """The current epoch's steps from ``step_in_epoch`` on (a resumed epoch continues)."""
+        first = self.step_in_epoch
+        for i, index in enumerate(self.batches.index_batches(self.epoch, first), start=first):
+            self.training_step(index, i)
 
     def _raise_on_step_failure(self, seen: dict) -> None:
         for kind in ("nonfinite", "diverged"):
@@ -284,6 +320,9 @@ class PtychoModule(L.LightningModule):
     def load_training_state(self, state: dict) -> None:
         self.generator.load_state_dict(state["generator"])
         self.optimizer.load_state_dict(state["optimizer"])
+        restore_step_flags(self.optimizer, self._optimizer_flags)  # this run's fast path
+        if self.graphed is not None:
+            self.graphed.reset()  # the optimizer state tensors were replaced
         self.scheduler.load_state_dict(state["scheduler"])
         self.monitor.load_state_dict(state["monitor"])
         self.epoch = int(state["epoch"])
@@ -318,6 +357,7 @@ class PtychoModule(L.LightningModule):
             "sync_every": s.sync_every,
             "device": str(self.device_),
             "compile": self.forward_fn is not self.generator,
-            "cuda_graphs": False,
+            "cuda_graphs": self.graphed is not None,
+            "step_driver": "one Lightning training_step per epoch",
             "failure": self.monitor.settings.as_dict(),
         }

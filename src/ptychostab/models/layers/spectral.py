@@ -76,6 +76,9 @@ class SpectralConv2d(nn.Module):
     are discarded by ``irfft2``, as in every rfft-based FNO.
     """
 
+    # AGC units are output channels; the weight is (in, out, [2,] mh, mw) (training.clipping).
+    agc_unit_axis = {"weight": 1}
+
     def __init__(self, in_channels: int, out_channels: int, n_modes, corners: int = 2):
         super().__init__()
         if corners not in (1, 2):
