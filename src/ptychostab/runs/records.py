@@ -197,6 +197,11 @@ def result_record(*, status: str, sweep: str, arm_id: str, seed: int, failure_in
     ``metrics_best`` for the best-by-val-loss checkpoint. ``metrics`` must hold
     ``val_loss_name``, ``best_val_loss``, ``final_val_loss`` and the evaluation metrics
     (``amp_ssim``, ``phase_ssim``, ``amp_mae``, ``phase_mae``, ``amp_psnr``, ``phase_psnr``, ...).
+    ``grad_norm`` summarises the whole run: ``grad_norm_{pre,post}_{median,max}`` (median of the
+    per-step norms, largest step), ``clip_fraction`` (share of steps where clipping changed a
+    gradient) and the same for the last epoch prefixed ``final_``. ``extra`` carries at least
+    ``arm`` (the arm dict, as in the manifest, so a run stays classifiable when its manifest is
+    damaged), ``config_hash``, ``device`` and ``end_time``.
     """
     if status not in ALL_STATUSES:
         raise ValueError(f"status {status!r} not in {ALL_STATUSES}")
