@@ -4,6 +4,7 @@ PY_SYS ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=# e.g. https://download.pytorch.org/whl/cu128 for a CUDA build (README "GPU clusters")
 
 .DEFAULT_GOAL := help
 
@@ -14,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: the pinned CPU wheel (GPU clusters: see README "CUDA install")
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
