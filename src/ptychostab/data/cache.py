@@ -21,16 +21,15 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from filelock import FileLock, Timeout
 
+from ptychostab.atomic import atomic_write, atomic_write_text
 from ptychostab.data.spec import DataConfig
 
 log = logging.getLogger(__name__)
@@ -215,30 +214,14 @@ def read_entry(entry: Entry, expected: Expected,
     return arrays
 
 
-def _atomic_replace(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_entry(entry: Entry, arrays: dict[str, np.ndarray], info: dict) -> None:
     """Write the npz and then its sidecar, each atomically. Call with the lock held."""
     entry.dir.mkdir(parents=True, exist_ok=True)
-    _atomic_replace(entry.npz, lambda fh: np.savez(fh, **arrays))
+    atomic_write(entry.npz, lambda fh: np.savez(fh, **arrays))
     side = {**info, "key": entry.key, "sha256": file_sha256(entry.npz),
             "bytes": entry.npz.stat().st_size, "created_unix": time.time()}
     text = json.dumps(side, indent=2, sort_keys=True) + "\n"
-    _atomic_replace(entry.sidecar, lambda fh: fh.write(text.encode("utf-8")))
+    atomic_write_text(entry.sidecar, text)
 
 
 def load_or_create(entry: Entry, expected: Expected, build: Callable[[], dict[str, np.ndarray]],

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import finite_or_none
 from ..models.layers import SpectralResidualBlock
 
 __all__ = [
@@ -142,20 +143,10 @@ def activation_report(model: nn.Module, inputs: torch.Tensor, *,
     return {"summary": summary, "blocks": records}
 
 
-def _finite_or_none(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
-
-
 def write_json(report: dict, path: str | Path) -> Path:
     """Write a report as strict JSON (non-finite numbers become null)."""
     path = Path(path)
-    path.write_text(json.dumps(_finite_or_none(report), indent=2, allow_nan=False) + "\n")
+    path.write_text(json.dumps(finite_or_none(report), indent=2, allow_nan=False) + "\n")
     return path
 
 

@@ -20,10 +20,15 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ptychostab.atomic import (  # noqa: F401  (re-exported: the record writers' API)
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 SCHEMA_VERSION = 1
 
@@ -65,58 +70,7 @@ def is_final(status: str | None) -> bool:
     return status in FINAL_STATUSES
 
 
-# --- atomic writers --------------------------------------------------------------------------
-def _json_default(obj: Any) -> Any:
-    # numpy scalars and paths sneak into records; never let them crash a job at the end.
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _finite_or_none(obj: Any) -> Any:
-    """Replace NaN/Inf floats by None recursively: strict JSON has no NaN."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (tmp file in the same folder + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: dict) -> None:
-    """Strict JSON (NaN/Inf written as null), sorted keys, atomic."""
-    text = json.dumps(_finite_or_none(obj), indent=2, sort_keys=True, default=_json_default)
-    atomic_write_text(path, text + "\n")
-
-
+# --- atomic writers (one implementation: ptychostab.atomic) ---------------------------------
 def write_history(path: str | os.PathLike, rows: list[dict]) -> None:
     """Rewrite the whole ``history.csv`` atomically (a few hundred rows at most)."""
     extra = sorted({k for r in rows for k in r} - set(HISTORY_COLUMNS))
@@ -151,7 +105,8 @@ def read_json(path: str | os.PathLike) -> Loaded:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         return Loaded(problem=f"corrupt {path.name}: {err}")
     if not isinstance(data, dict):
-        return Loaded(problem=f"corrupt {path.name}: top level is {type(data).__name__}, not object")
+        kind = type(data).__name__
+        return Loaded(problem=f"corrupt {path.name}: top level is {kind}, not object")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         return Loaded(data=data, problem=f"unknown schema_version {version!r} in {path.name}")
