@@ -306,21 +306,24 @@ class _Job:
         snapshotted now and written in that order by the background writer (the previous
         epoch's writes are waited for first: at most one epoch of writes in flight)."""
         self.writer.wait()
-        self.save_last(reason="epoch_end", wait=False)
-        if is_best:
-            best = snapshot({"format": FORMAT, "generator": module.generator.state_dict(),
-                             "epoch": row["epoch"], "val_loss": row["val_loss"]})
+        last = self.save_last(reason="epoch_end", wait=False)
+        if is_best:  # the same CPU copy of the weights (read-only from here on)
+            best = {"format": FORMAT, "generator": last["training"]["generator"],
+                    "epoch": row["epoch"], "val_loss": row["val_loss"]}
             self.writer.submit(atomic_torch_save, best, self.path(records.BEST_CKPT))
         self.writer.submit(records.write_history, self.path(records.HISTORY),
                            snapshot(module.history))
 
-    def save_last(self, reason: str, wait: bool = True) -> None:
+    def save_last(self, reason: str, wait: bool = True) -> dict:
+        """Snapshot the training state now and write ``last.ckpt`` (in the background unless
+        ``wait``); returns the snapshot."""
         state = snapshot({"format": FORMAT, "reason": reason,
                           "training": self.module.training_state(), "rng": rng_state(),
                           "wall_s": self.clock(), "config_hash": self.hash})
         self.writer.submit(atomic_torch_save, state, self.path(records.LAST_CKPT))
         if wait:
             self.writer.wait()
+        return state
 
     def drain_writes(self, strict: bool = True) -> None:
         """Wait for the queued checkpoint/history writes; ``strict=False`` logs an error

@@ -53,11 +53,16 @@ class GraphedStep:
         ``batches``, ``train_data``, ``compute_loss``, ``failure`` and ``device_``.
     warmup_steps : int
         Eager full-size steps before the capture.
+    allow_cpu : bool
+        Tests only: on a CPU, run :meth:`body` eagerly for every step (never captures), so the
+        graph step's arithmetic can be checked against the module's eager step without a GPU.
     """
 
-    def __init__(self, module, warmup_steps: int = 3):
+    def __init__(self, module, warmup_steps: int = 3, *, allow_cpu: bool = False):
         dev = torch.device(module.device_)
-        if dev.type != "cuda" or not torch.cuda.is_available():
+        if dev.type != "cuda" and allow_cpu:
+            warmup_steps = math.inf
+        elif dev.type != "cuda" or not torch.cuda.is_available():
             raise ValueError("trainer.cuda_graphs=true needs a CUDA device; this job runs on "
                              f"{dev} (set trainer.cuda_graphs=false)")
         self.m = module
@@ -68,8 +73,8 @@ class GraphedStep:
         self.static_index = torch.zeros(self.batch_size, dtype=torch.long, device=dev)
         self.static_x = torch.zeros((self.batch_size, *data.shape[1:]), dtype=data.dtype,
                                     device=dev)
-        self.warmup_steps = int(warmup_steps)
-        self.side = torch.cuda.Stream(device=dev)
+        self.warmup_steps = warmup_steps
+        self.side = torch.cuda.Stream(device=dev) if dev.type == "cuda" else None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.key: tuple | None = None
         self.warm = 0  # eager full-size steps done since the last reset
@@ -114,15 +119,17 @@ class GraphedStep:
             self.replays += 1
         else:
             x = self.m.batches.gather(batch) if is_index else batch.to(self.device)
-            if full:  # warm-up on a side stream (lazy inits stay off the capture stream)
+            if full and self.side is not None:  # warm-up on a side stream (lazy inits
+                # stay off the capture stream)
                 current = torch.cuda.current_stream(self.device)
                 self.side.wait_stream(current)
                 with torch.cuda.stream(self.side):
                     self.body(x)
                 current.wait_stream(self.side)
-                self.warm += 1
             else:
                 self.body(x)
+            if full:
+                self.warm += 1
             self.eager_steps += 1
         self.m.monitor.count += 1
 
@@ -134,7 +141,8 @@ class GraphedStep:
     def _capture(self, key: tuple) -> None:
         self.graph = None  # release the previous graph's memory pool first
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the job's checkpoint writer thread may be serialising CPU tensors
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._graph_body()
         self.graph, self.key = graph, key
         self.captures += 1

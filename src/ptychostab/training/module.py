@@ -16,10 +16,12 @@ Lightning drives epochs, not steps: the train loader (:class:`~.batches.EpochLoa
 one :data:`~.batches.EPOCH_RUN` per epoch and ``training_step(EPOCH_RUN)`` runs the epoch's
 remaining steps, each one a ``training_step(index_batch, i)`` call. Lightning's per-batch
 machinery (fetcher, hooks, progress tracking, ``manual_backward`` and ``LightningOptimizer``
-wrappers) cost ~0.5 ms a step on a CPU, 10 % of a 5 ms step; the step calls
-``loss.backward()`` and ``optimizer.step()`` directly (single device, 32-bit: that is all
-Lightning would do besides hooks nobody here uses). Lightning's own ``trainer.global_step``
-therefore stays 0; the module owns its position.
+wrappers) cost about 1 ms a step on the project's CPU machine (ours/bare 0.73-0.87 at a 5.5 ms
+step, against 0.99-1.10 with this driver; benchmarks/train_step.py), and on a GPU that host
+time is what an eager step waits for. The step calls ``loss.backward()`` and
+``optimizer.step()`` directly (single device, 32-bit: that is all Lightning would do besides
+hooks nobody here uses). Lightning's own ``trainer.global_step`` therefore stays 0; the module
+owns its position.
 
 Fast-path flags (``trainer``): ``compile`` wraps the generator in ``torch.compile``;
 ``cuda_graphs`` replays the whole step from a captured CUDA graph (:mod:`.graphs`); ``tf32``

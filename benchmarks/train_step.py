@@ -1,0 +1,523 @@
+"""Benchmark: Stage A training steps per second, the job's path against a bare PyTorch loop.
+
+    .venv/bin/python benchmarks/train_step.py                      # GPU if present, Stage A arm
+    .venv/bin/python benchmarks/train_step.py --device cpu --sizes small --steps 60 --warmup 10
+    .venv/bin/python benchmarks/train_step.py --device cpu --sizes tiny   # Lightning overhead
+
+What is timed, per variant (depth x clip) and implementation:
+
+- ``bare``: a plain PyTorch loop: same generator and initial weights, same data on the device,
+  same optimizer (``build_optimizer``: Adam, foreach), same clipping (``GradientClipper``), same
+  seeded batch order (``epoch_permutation``); no monitors, no records, no Lightning.
+- ``ours``: the job itself: ``runs.job._Job.setup()`` builds the PtychoModule and the Lightning
+  Trainer exactly as ``run_job`` does (device-resident data, monitors, sync every 50 steps,
+  validation, last/best.ckpt and history.csv at each epoch end); only ``load_data`` is
+  substituted (synthetic data) and the generator gets the shared initial weights.
+- ``graphs``: ``ours`` with ``trainer.cuda_graphs=true`` (CUDA only);
+  ``compile``: ``ours`` with ``trainer.compile=true``; ``compile_graphs``: both.
+
+A round is one epoch of ``warmup + steps`` full batches; the time of its last ``steps`` steps is
+taken with CUDA events on the GPU (``perf_counter`` on the CPU): from before step ``warmup`` is
+issued to after the last step returns (so ours' sync at the epoch's last step is inside).
+Round 0 of each implementation is warm-up; the table gives the median of the ``--repeats``
+timed rounds (the JSON every round). On the CPU the implementations run round-robin,
+interleaved (a shared machine's load drifts); on the GPU one after another, each alone on the
+card, so that its peak memory is its own. ``epoch end`` is ours' validation + records +
+checkpoint snapshot (the write itself is in a background thread). After the run the final
+weights of each implementation are compared with bare's (same batches, same steps):
+``max|dW|`` relative to ``max|W|``, exactly 0 for ``ours`` on the CPU.
+
+FLOPs: counted once per variant for one forward + loss + backward at the batch size with
+``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products, complex ones
+counted as real; FFTs and elementwise work are not counted): TFLOP/s is a lower bound of work.
+
+Targets (issue 7, on an H100/H200): ours/bare >= 0.95 at batch 16; >= 200 steps/s for the
+depth-4 hybrid at batch 16 (a Stage A epoch of 862 steps in <= 4.5 s); depth 8 runs at N=64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import types
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ptychostab.data.spec import ProbeConfig
+from ptychostab.physics.forward import predict_amplitude
+from ptychostab.physics.losses import get_loss
+from ptychostab.physics.probe import make_probe
+from ptychostab.runs import job as job_mod
+from ptychostab.runs.signals import PreemptionGuard
+from ptychostab.training.batches import epoch_permutation
+from ptychostab.training.clipping import GradientClipper
+from ptychostab.training.optim import build_optimizer
+from ptychostab.training.settings import TrainerSettings
+from ptychostab.training.testing import tiny_config
+
+SIZES = {  # N, finest width, modes, validation patterns (Stage A: 2,178 test patterns)
+    "stage_a": {"N": 64, "hidden": 32, "modes": 12, "val": 2178},
+    "small": {"N": 32, "hidden": 8, "modes": 6, "val": 64},
+    "tiny": {"N": 16, "hidden": 2, "modes": 4, "val": 16},
+}
+CLIP_VALUES = {"none": None, "norm": 1.0, "value": 0.1, "agc": 0.01}
+DEFAULT_VARIANTS = "4:norm,4:agc,8:norm"
+STAGE_A_STEPS_PER_EPOCH = 862
+IMPL_FLAGS = {"ours": {}, "graphs": {"trainer.cuda_graphs": True},
+              "compile": {"trainer.compile": True},
+              "compile_graphs": {"trainer.compile": True, "trainer.cuda_graphs": True}}
+
+
+# --- configuration and data ------------------------------------------------------------------
+def variant_config(args, depth: int, clip: str, impl: str = "ours"):
+    """The composed config of one arm: the real Stage A values where ``--sizes stage_a``."""
+    size = SIZES[args.sizes]
+    overrides = {
+        "depth": depth, "seed": args.seed,
+        "data.N": size["N"] if args.N is None else args.N,
+        "arch.name": "hybrid", "arch.hidden_channels": args.hidden or size["hidden"],
+        "arch.n_modes": args.modes or size["modes"], "arch.corners": 2,
+        "clip.algorithm": clip, "clip.value": CLIP_VALUES[clip],
+        "trainer.batch_size": args.batch, "trainer.max_epochs": 10_000,
+        "trainer.accelerator": args.device, "trainer.tf32": args.tf32,
+        # a benchmark must not stop on an accidental "collapse" of random data
+        "failure.collapse_rel_std": None, "failure.collapse_ssim": None,
+        **IMPL_FLAGS[impl],
+    }
+    if args.data == "stage_a":
+        overrides.update({"data.name": "grid_lines_n64", "data.N": 64, "data.size": 392,
+                          "data.n_lines": 400, "data.nimgs_train": 2, "data.nimgs_test": 2,
+                          "data.outer_offset_train": 8, "data.outer_offset_test": 20})
+    return tiny_config(**overrides)
+
+
+def make_data(args, cfg) -> types.SimpleNamespace:
+    """``train_amp`` of exactly ``(warmup + steps) * batch`` patterns, ``test_amp``, ``probe``."""
+    n_train = (args.warmup + args.steps) * args.batch
+    if args.data == "stage_a":
+        real = job_mod.load_data(cfg)  # simulated once, then cached (PTYCHOSTAB_CACHE)
+        if n_train > len(real.train_amp):
+            raise SystemExit(f"--warmup + --steps = {args.warmup + args.steps} batches; the "
+                             f"Stage A epoch has {len(real.train_amp) // args.batch}")
+        return types.SimpleNamespace(train_amp=real.train_amp[:n_train],
+                                     test_amp=real.test_amp, probe=real.probe)
+    N = int(cfg.data.N)
+    rng = np.random.default_rng(args.seed)
+    amp = lambda n: (0.05 + rng.random((n, 1, N, N), dtype=np.float32))  # noqa: E731
+    probe = make_probe(ProbeConfig(**dict(cfg.data.probe)), N)
+    return types.SimpleNamespace(train_amp=amp(n_train), test_amp=amp(SIZES[args.sizes]["val"]),
+                                 probe=probe)
+
+
+# --- timing ----------------------------------------------------------------------------------
+class Span:
+    """Seconds between ``start()`` and ``stop()``: CUDA events, or ``perf_counter`` on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.t0 = self.t1 = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self.t0 = torch.cuda.Event(enable_timing=True)
+            self.t0.record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            self.t1 = torch.cuda.Event(enable_timing=True)
+            self.t1.record()
+        else:
+            self.t1 = time.perf_counter()
+
+    def seconds(self) -> float:
+        if self.cuda:
+            self.t1.synchronize()
+            return self.t0.elapsed_time(self.t1) / 1e3
+        return self.t1 - self.t0
+
+
+class TimedBatches:
+    """Stands in for the module's ``SeededBatches``: same batches; starts the span before the
+    ``warmup``-th batch of an epoch is handed out and stops it when the epoch's batches are
+    exhausted (after the last step returned)."""
+
+    def __init__(self, inner, warmup: int, device: torch.device):
+        self.inner, self.warmup, self.device = inner, warmup, device
+        self.span: Span | None = None
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def index_batches(self, epoch: int, first: int = 0):
+        batches = self.inner.index_batches(epoch, first)
+        span = self.span = Span(self.device)
+
+        def timed():
+            for j, index in enumerate(batches, start=first):
+                if j == self.warmup:
+                    span.start()
+                yield index
+            span.stop()
+        return timed()
+
+
+class Bare:
+    """The baseline loop (see the module docstring)."""
+
+    def __init__(self, args, cfg, data, init: dict, device: torch.device):
+        self.device, self.warmup, self.seed = device, args.warmup, int(cfg.seed)
+        self.gen = job_mod.build_model(cfg).to(device)
+        self.gen.load_state_dict(init)
+        settings = TrainerSettings.from_config(cfg.trainer)
+        self.batch = settings.batch_size
+        self.opt = build_optimizer(self.gen.parameters(), settings)
+        self.clipper = GradientClipper.from_config(cfg.clip)
+        self.loss_fn = get_loss(settings.loss)
+        self.data = torch.as_tensor(np.ascontiguousarray(data.train_amp)).to(device)
+        self.probe = torch.as_tensor(np.asarray(data.probe)).to(device)
+        self.epoch = 0
+
+    def round(self) -> tuple[float, None]:
+        gen, opt, clipper, loss_fn, data, probe = (self.gen, self.opt, self.clipper,
+                                                   self.loss_fn, self.data, self.probe)
+        perm = epoch_permutation(data.shape[0], self.seed, self.epoch).to(self.device)
+        span = Span(self.device)
+        for j, index in enumerate(perm.split(self.batch)):
+            if j == self.warmup:
+                span.start()
+            x = data.index_select(0, index)
+            loss = loss_fn(predict_amplitude(gen(x), probe), x)
+            loss.backward()
+            clipper(gen)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        span.stop()
+        self.epoch += 1
+        return span.seconds(), None
+
+    def weights(self) -> dict:
+        return self.gen.state_dict()
+
+
+class Ours:
+    """The job's path: ``_Job.setup()`` then one ``trainer.fit`` epoch per round."""
+
+    def __init__(self, args, cfg, data, init: dict, device: torch.device, root: Path):
+        job_mod.load_data = lambda _cfg: data  # the one substitution
+        root.mkdir(parents=True, exist_ok=True)
+        self.job = job_mod._Job(cfg, root, {}, "bench", [], PreemptionGuard())
+        self.job.setup()
+        m = self.module = self.job.module
+        m.generator.load_state_dict(init)
+        self.timed = m.batches = TimedBatches(m.batches, args.warmup, device)
+        self.epoch_end_s: list[float] = []
+        real_end = type(m).on_train_epoch_end
+
+        def on_train_epoch_end(module):
+            t0 = time.perf_counter()
+            real_end(module)
+            self.epoch_end_s.append(time.perf_counter() - t0)
+        m.on_train_epoch_end = types.MethodType(on_train_epoch_end, m)
+
+    def round(self) -> tuple[float, float]:
+        self.job.trainer = self.job._trainer(1)
+        self.job.trainer.fit(self.module)
+        return self.timed.span.seconds(), self.epoch_end_s[-1]
+
+    def weights(self) -> dict:
+        return self.module.generator.state_dict()
+
+    def close(self) -> None:
+        self.job.drain_writes()
+        self.job.writer.close()
+
+
+# --- FLOPs -----------------------------------------------------------------------------------
+def count_flops(cfg, data, device: torch.device, batch: int) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    gen = job_mod.build_model(cfg).to(device)
+    x = torch.as_tensor(np.ascontiguousarray(data.train_amp[:batch])).to(device)
+    probe = torch.as_tensor(np.asarray(data.probe)).to(device)
+    loss_fn = get_loss(str(cfg.trainer.loss))
+    with FlopCounterMode(display=False) as counter:
+        loss_fn(predict_amplitude(gen(x), probe), x).backward()
+    return int(counter.get_total_flops())
+
+
+# --- driver ----------------------------------------------------------------------------------
+def peak_bytes(device: torch.device) -> int | None:
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
+def compare(weights: dict, reference: dict) -> float:
+    """max |W - W_ref| / max |W_ref| over all tensors."""
+    diff = max(float((a.double() - b.double()).abs().max())
+               for a, b in zip(weights.values(), reference.values(), strict=True))
+    scale = max(float(b.double().abs().max()) for b in reference.values())
+    return diff / scale
+
+
+def build(impl: str, args, variant: tuple[int, str], data, init, device, root: Path):
+    depth, clip = variant
+    cfg = variant_config(args, depth, clip, "ours" if impl == "bare" else impl)
+    if impl == "bare":
+        return Bare(args, cfg, data, init, device)
+    return Ours(args, cfg, data, init, device, root / f"{impl}-d{depth}-{clip}")
+
+
+def run_variant(args, variant, device: torch.device, root: Path) -> dict:
+    depth, clip = variant
+    cfg = variant_config(args, depth, clip)
+    data = make_data(args, cfg)
+    torch.manual_seed(args.seed)
+    init = copy.deepcopy(job_mod.build_model(cfg).state_dict())
+    n_real = sum(t.numel() * (2 if t.is_complex() else 1) for t in init.values())
+    flops = count_flops(cfg, data, device, args.batch)
+    out = {"depth": depth, "clip": clip, "params_real": n_real, "flops_per_step": flops,
+           "impls": {}}
+    impls = [i for i in args.impls if device.type == "cuda" or "graphs" not in i]
+    rounds = args.repeats + 1
+    results = {i: {"round_s": [], "epoch_end_s": [], "peak_bytes": None, "error": None}
+               for i in impls}
+    runners = {}
+
+    def one_round(impl):
+        r = results[impl]
+        if r["error"]:
+            return
+        try:
+            seconds, end = runners[impl].round()
+        except Exception as err:  # report and go on: one broken path must not hide the rest
+            r["error"] = f"{type(err).__name__}: {err}"[:300]
+            logging.exception("%s failed", impl)
+            return
+        r["round_s"].append(seconds)
+        if end is not None:
+            r["epoch_end_s"].append(end)
+
+    def start(impl):
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            runners[impl] = build(impl, args, variant, data, init, device, root)
+        except Exception as err:
+            results[impl]["error"] = f"{type(err).__name__}: {err}"[:300]
+            logging.exception("%s failed to build", impl)
+
+    def finish(impl, final):
+        r = results[impl]
+        runner = runners.pop(impl, None)
+        if runner is None:
+            return
+        if not r["error"]:
+            final[impl] = {k: v.detach().cpu().clone() for k, v in runner.weights().items()}
+        r["peak_bytes"] = peak_bytes(device)
+        if hasattr(runner, "close"):
+            runner.close()
+        del runner
+
+    final: dict = {}
+    if args.interleave:  # round-robin; peak memory is then that of all of them together
+        for impl in impls:
+            start(impl)
+        for k in range(rounds):
+            order = impls[k % len(impls):] + impls[:k % len(impls)]
+            for impl in order:
+                one_round(impl)
+        for impl in impls:
+            finish(impl, final)
+    else:
+        for impl in impls:
+            start(impl)
+            for _ in range(rounds):
+                one_round(impl)
+            finish(impl, final)
+
+    steps = args.steps
+    for impl in impls:
+        r = results[impl]
+        timed = r["round_s"][1:]
+        row = {"error": r["error"], "round_s": r["round_s"], "epoch_end_s": r["epoch_end_s"],
+               "peak_bytes": r["peak_bytes"]}
+        if timed and not r["error"]:
+            sec = statistics.median(timed)
+            row.update(steps_per_s=steps / sec, ms_per_step=1e3 * sec / steps,
+                       best_steps_per_s=steps / min(timed),
+                       tflops=flops * steps / sec / 1e12)
+            if r["epoch_end_s"]:
+                row["epoch_end_ms"] = 1e3 * statistics.median(r["epoch_end_s"][1:] or
+                                                              r["epoch_end_s"])
+        if impl in final and "bare" in final:
+            row["weights_rel_diff_vs_bare"] = compare(final[impl], final["bare"])
+        out["impls"][impl] = row
+    bare = out["impls"].get("bare", {})
+    for row in out["impls"].values():
+        if "steps_per_s" in row and "steps_per_s" in bare:
+            row["ratio"] = row["steps_per_s"] / bare["steps_per_s"]
+    return out
+
+
+def table(results: list[dict], args) -> str:
+    head = (f"{'variant':<12} {'impl':<15} {'steps/s':>8} {'ms/step':>8} {'ours/bare':>9} "
+            f"{'peak MiB':>9} {'TFLOP/s':>8} {'epoch end ms':>12} {'max|dW| rel':>11}")
+    lines = [head, "-" * len(head)]
+    for res in results:
+        name = f"d{res['depth']} {res['clip']}"
+        for impl, row in res["impls"].items():
+            if row.get("error"):
+                lines.append(f"{name:<12} {impl:<15} ERROR {row['error']}")
+                continue
+            if "steps_per_s" not in row:
+                continue
+            peak = "-" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 2**20:.0f}"
+            end = f"{row['epoch_end_ms']:.1f}" if "epoch_end_ms" in row else "-"
+            dw = row.get("weights_rel_diff_vs_bare")
+            dw = "-" if dw is None or impl == "bare" else f"{dw:.1e}"
+            ratio = f"{row['ratio']:.3f}" if "ratio" in row else "-"
+            lines.append(f"{name:<12} {impl:<15} {row['steps_per_s']:8.1f} "
+                         f"{row['ms_per_step']:8.2f} {ratio:>9} {peak:>9} "
+                         f"{row['tflops']:8.3f} {end:>12} {dw:>11}")
+    return "\n".join(lines)
+
+
+def projection(results: list[dict]) -> list[str]:
+    """A Stage A epoch (862 steps) and a 50-epoch run at the measured rates."""
+    out = []
+    for res in results:
+        for impl, row in res["impls"].items():
+            if impl == "bare" or "steps_per_s" not in row:
+                continue
+            epoch = STAGE_A_STEPS_PER_EPOCH / row["steps_per_s"] + row.get("epoch_end_ms",
+                                                                           0) / 1e3
+            out.append(f"  d{res['depth']} {res['clip']} {impl}: epoch {epoch:.2f} s, "
+                       f"50 epochs {50 * epoch / 60:.1f} min")
+    return out
+
+
+def write_json(args, dev_name: str, results: list[dict]) -> None:
+    if args.json:
+        meta = {"device": dev_name, "torch": torch.__version__,
+                "args": {k: v for k, v in vars(args).items() if k != "variant_list"}}
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2,
+                                              default=str))
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--data", choices=["synthetic", "stage_a"], default="synthetic",
+                   help="synthetic: random positive amplitudes + the configured probe; "
+                        "stage_a: the simulated Stage A set (cached)")
+    p.add_argument("--sizes", choices=sorted(SIZES), default="stage_a",
+                   help="stage_a: N=64, width 32, 12 modes; small: N=32, width 8, 6 modes; "
+                        "tiny: N=16, width 2, 4 modes (a ~5 ms CPU step)")
+    p.add_argument("--variants", default=None,
+                   help=f"depth:clip,... (default {DEFAULT_VARIANTS}, or --depth x --clip)")
+    p.add_argument("--depth", type=int, nargs="+", default=None)
+    p.add_argument("--clip", nargs="+", choices=sorted(CLIP_VALUES), default=None)
+    p.add_argument("--impls", default=None,
+                   help="comma list of bare,ours,graphs,compile,compile_graphs "
+                        "(default bare,ours,graphs on CUDA, bare,ours on CPU)")
+    p.add_argument("--steps", type=int, default=200, help="timed steps per round")
+    p.add_argument("--warmup", type=int, default=30, help="untimed steps per round first")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (after one warm-up)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--N", type=int, default=None)
+    p.add_argument("--hidden", type=int, default=None)
+    p.add_argument("--modes", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tf32", type=lambda s: s.lower() in ("1", "true", "on", "yes"),
+                   default=True)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 on CPU)")
+    p.add_argument("--interleave", choices=["auto", "yes", "no"], default="auto",
+                   help="round-robin the implementations (auto: on the CPU only)")
+    p.add_argument("--json", default=None, help="write every figure here")
+    args = p.parse_args(argv)
+    if args.variants is None:
+        if args.depth is None and args.clip is None:
+            args.variants = DEFAULT_VARIANTS
+        else:
+            args.variants = ",".join(f"{d}:{c}" for d in (args.depth or [4])
+                                     for c in (args.clip or ["norm"]))
+    args.variant_list = [(int(v.split(":")[0]), v.split(":")[1])
+                         for v in args.variants.split(",")]
+    if args.impls is None:
+        args.impls = "bare,ours,graphs" if args.device == "cuda" else "bare,ours"
+    args.impls = [i.strip() for i in args.impls.split(",")]
+    bad = [i for i in args.impls if i != "bare" and i not in IMPL_FLAGS]
+    if bad:
+        p.error(f"unknown --impls {bad}")
+    args.interleave = (args.device == "cpu") if args.interleave == "auto" else \
+        args.interleave == "yes"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    warnings.filterwarnings("ignore")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch sees no CUDA device")
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or 1)
+    elif args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("PTYCHOSTAB_CACHE", str(Path(tempfile.gettempdir()) / "ptycho-bench"))
+    if device.type == "cuda":  # what the job sets (and records) for trainer.tf32
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} thread(s)"
+    print(f"device: {dev_name}; torch {torch.__version__}; python {platform.python_version()}; "
+          f"data {args.data}; sizes {args.sizes}; batch {args.batch}; "
+          f"{args.warmup}+{args.steps} steps/round x (1 + {args.repeats}) rounds; "
+          f"tf32 {args.tf32 if device.type == 'cuda' else 'n/a'}; "
+          f"interleaved {args.interleave}", flush=True)
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="train-step-") as tmp:
+        for variant in args.variant_list:
+            t0 = time.perf_counter()
+            res = run_variant(args, variant, device, Path(tmp))
+            res["wall_s"] = time.perf_counter() - t0
+            results.append(res)
+            print(f"variant d{variant[0]} {variant[1]}: {res['params_real']:,} real params, "
+                  f"{res['flops_per_step'] / 1e9:.2f} GFLOP/step counted, "
+                  f"{res['wall_s']:.0f} s", flush=True)
+            print(table([res], args), flush=True)  # partial results survive a time limit
+            write_json(args, dev_name, results)
+    text = table(results, args)
+    print("\nStage A projection (862 steps/epoch + epoch end):")
+    print("\n".join(projection(results)))
+    print("\ntargets on H100/H200: ours/bare >= 0.95; >= 200 steps/s at d4 batch 16 "
+          "(epoch <= 4.5 s)")
+    print(f"\n{text}")
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
