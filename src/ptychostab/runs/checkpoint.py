@@ -22,13 +22,13 @@ from __future__ import annotations
 import copy
 import os
 import random
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from ptychostab.atomic import atomic_write
 
 __all__ = ["FORMAT", "CheckpointWriter", "atomic_torch_save", "load_checkpoint", "rng_state",
            "set_rng_state", "snapshot"]
@@ -37,21 +37,7 @@ FORMAT = "ptychostab.ckpt/1"
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
