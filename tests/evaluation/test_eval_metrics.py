@@ -131,3 +131,12 @@ def test_evaluate_patches_refuses_wrong_shapes(tiny_data):
         evaluate_patches(tiny_data.test_truth[:-1], tiny_data)
     with pytest.raises(ValueError, match="out of range"):
         evaluate_patches(tiny_data.test_truth, tiny_data, image=2)
+
+
+def test_match_gauge_removes_scale_and_global_phase():
+    from ptychostab.evaluation.metrics import match_gauge
+
+    rng = np.random.default_rng(0)
+    truth = (1 + rng.random((16, 16))) * np.exp(1j * rng.uniform(-1, 1, (16, 16)))
+    shown = match_gauge(3.0 * np.exp(1j * 2.5) * truth, truth)
+    np.testing.assert_allclose(shown, truth, rtol=1e-5, atol=1e-5)

@@ -64,18 +64,32 @@ def align(pred: np.ndarray, truth: np.ndarray, trim: int = DEFAULT_TRIM) -> dict
     pred, truth = _check_pair(pred, truth, trim)
     if trim:
         pred, truth = pred[trim:-trim, trim:-trim], truth[trim:-trim, trim:-trim]
-    amp_t, amp_p = np.abs(truth), np.abs(pred)
-    mean_p = amp_p.mean()
-    kappa = float(amp_t.mean() / mean_p) if mean_p > 0 else 1.0
-    overlap = np.vdot(truth, pred)  # sum conj(truth) * pred
-    rotated = pred * np.exp(-1j * np.angle(overlap)) if overlap != 0 else pred
+    kappa, rotation = _gauge(pred, truth)
     return {
-        "amp_true": amp_t,
-        "amp_pred": amp_p * kappa,
+        "amp_true": np.abs(truth),
+        "amp_pred": np.abs(pred) * kappa,
         "phase_true": remove_phase_plane(np.angle(truth)),
-        "phase_pred": remove_phase_plane(np.angle(rotated)),
+        "phase_pred": remove_phase_plane(np.angle(pred * rotation)),
         "amp_scale": kappa,
     }
+
+
+def _gauge(pred: np.ndarray, truth: np.ndarray) -> tuple[float, complex]:
+    """(amplitude scale, unit phase factor) that best match ``pred`` to ``truth``."""
+    mean_p = np.abs(pred).mean()
+    kappa = float(np.abs(truth).mean() / mean_p) if mean_p > 0 else 1.0
+    overlap = np.vdot(truth, pred)  # sum conj(truth) * pred
+    rotation = np.exp(-1j * np.angle(overlap)) if overlap != 0 else 1.0 + 0j
+    return kappa, rotation
+
+
+def match_gauge(pred: Any, truth: Any) -> np.ndarray:
+    """``pred`` with the unidentifiable gauge removed: scaled to the truth's mean amplitude
+    and rotated by the best global phase (what :func:`align` does before its plane fit);
+    for display next to the truth."""
+    pred, truth = to_numpy(pred), to_numpy(truth)
+    kappa, rotation = _gauge(pred, truth)
+    return (pred * kappa * rotation).astype(np.complex64)
 
 
 def _check_pair(pred: Any, truth: Any, trim: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,9 @@ there (records.py is the contract):
 - ``manifest.json`` at start (rewritten once the objects are built, with ``effective``: the
   settings read back from them), ``history.csv`` after every epoch, ``result.json`` at the end;
 - ``last.ckpt`` after every epoch and at preemption, ``best.ckpt`` by validation loss;
-- ``recon.npz`` (``pred``, ``truth``: stitched complex test image 0, final weights);
+- ``recon.npz`` (``truth`` and ``pred``: stitched complex test image 0, final weights, ``pred``
+  with the amplitude scale and global phase matched to the truth for display; ``pred_raw``
+  as the network gave it);
 - ``traceback.txt`` when the job raised.
 
 A rerun of the same job: a final ``result.json`` -> "SKIP <run_dir>: already <status>", nothing
@@ -43,6 +45,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from ptychostab.evaluation.metrics import match_gauge
 from ptychostab.runs import records
 from ptychostab.runs.checkpoint import (
     FORMAT,
@@ -364,7 +367,8 @@ class _Job:
             metrics.update(scores)
             if save_recon:
                 buf = io.BytesIO()
-                np.savez(buf, pred=pred_img, truth=truth_img)
+                np.savez(buf, pred=match_gauge(pred_img, truth_img), pred_raw=pred_img,
+                         truth=truth_img)
                 records.atomic_write_bytes(self.path(RECON), buf.getvalue())
         else:
             metrics.update({k: None for k in _EVAL_KEYS}, nonfinite_weights=True)
