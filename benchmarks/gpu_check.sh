@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU fast-path check in one call (issue 7), well under 10 minutes on an H100/H200:
 #
-#   1. installs the carried wheels (.whl/, from benchmarks/fetch_gpu_wheels.sh) into /tmp/site
+#   1. installs the carried wheels (.whl/, from benchmarks/fetch_gpu_wheels.sh) into $WORK/site (a fresh temporary folder)
 #      and puts src/ on PYTHONPATH (nothing is pip-installed into the image);
 #   2. prints nvidia-smi and the torch/device versions;
 #   3. runs the gpu-marked tests (tests/training/test_fastpath.py: CUDA graphs and compile give
@@ -29,15 +29,15 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 DEVICE=${DEVICE:-cuda}
 SMALL=${SMALL:-0}
-OUT=${OUT:-$(mktemp -d /tmp/gpu-check-out.XXXXXX)}
+OUT=${OUT:-$(mktemp -d -t gpu-check-out.XXXXXX)}
 mkdir -p "$OUT"
 if [ -z "${PY:-}" ]; then
   if [ -x .venv/bin/python ]; then PY=$ROOT/.venv/bin/python; else PY=python3; fi
 fi
-WORK=$(mktemp -d /tmp/gpu-check.XXXXXX)
+WORK=$(mktemp -d -t gpu-check.XXXXXX)
 LOG=$OUT/gpu_check.log
 export PYTHONUNBUFFERED=1
-export PTYCHOSTAB_CACHE=${PTYCHOSTAB_CACHE:-/tmp/ptycho-cache}
+export PTYCHOSTAB_CACHE=${PTYCHOSTAB_CACHE:-$WORK/dataset-cache}
 exec > >(tee -a "$LOG") 2>&1
 stage() { printf '\n===== %s (%s) =====\n' "$1" "$(date -u +%H:%M:%S)"; }
 T0=$(date +%s)
@@ -46,8 +46,8 @@ stage "setup"
 if ! "$PY" -c "import omegaconf" 2>/dev/null; then
   if ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl || { echo "wheel install failed"; exit 1; }
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+      --target "$WORK/site" .whl/*.whl || { echo "wheel install failed"; exit 1; }
+    export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
   else
     echo "omegaconf is missing and no .whl/ was carried (run benchmarks/fetch_gpu_wheels.sh)"
     exit 1

@@ -7,7 +7,7 @@
 # Packages, configs and the accounting database stay (slurm-up is fast the second time).
 set -uo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
-BASE=${PTYCHOSTAB_SLURM_BASE:-/tmp/ptychostab-slurm}
+BASE=${PTYCHOSTAB_SLURM_BASE:-${TMPDIR:-/tmp}/ptychostab-slurm}
 export SLURM_CONF=${SLURM_CONF:-/etc/slurm/slurm.conf}
 OURS=$BASE/run/ours
 say() { echo "[slurm-down] $*"; }

@@ -11,7 +11,7 @@
 # result (scancel, time limit, OOM kill) and waits for it forever.
 #
 # Environment:
-#   PTYCHOSTAB_SLURM_BASE  state, spool, logs, pid files      (default /tmp/ptychostab-slurm)
+#   PTYCHOSTAB_SLURM_BASE  state, spool, logs, pid files      (default $TMPDIR/ptychostab-slurm, TMPDIR=/tmp if unset)
 #   SLURM_CONF             slurm.conf path read by clients     (default /etc/slurm/slurm.conf)
 #   SLURM_PARTITION        partition name                      (default debug)
 #   SLURM_ACCOUNTING       1: MariaDB + slurmdbd (default), 0: none
@@ -19,7 +19,7 @@
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 
-BASE=${PTYCHOSTAB_SLURM_BASE:-/tmp/ptychostab-slurm}
+BASE=${PTYCHOSTAB_SLURM_BASE:-${TMPDIR:-/tmp}/ptychostab-slurm}
 CONF=${SLURM_CONF:-/etc/slurm/slurm.conf}
 PARTITION=${SLURM_PARTITION:-debug}
 ACCOUNTING=${SLURM_ACCOUNTING:-1}
