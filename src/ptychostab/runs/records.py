@@ -39,14 +39,44 @@ TRACEBACK = "traceback.txt"
 LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
 
-# --- status taxonomy -------------------------------------------------------------------------
+# --- status taxonomy (docs/contracts.md "Run records: status families") ----------------------
 OK = "ok"
-FAILURE_KINDS = ("nonfinite", "diverged", "collapsed", "exception", "oom")
-INCOMPLETE_KINDS = ("timeout", "preempted", "missing")
-READ_PROBLEMS = ("corrupt",)  # assigned by readers, never written by a job
+#: instability: the study's result; numerator and denominator of the failure rate
+INSTABILITY_KINDS = ("nonfinite", "diverged", "collapsed")
+#: other final endings: ``exception`` (an error of our own code: a bug) and ``oom`` (an
+#: out-of-memory error raised in the process); listed beside the rate, never inside it;
+#: a rerun skips them unless asked (``retry=[oom,exception]``)
+OTHER_FINAL_KINDS = ("exception", "oom")
+FAILURE_KINDS = (*INSTABILITY_KINDS, *OTHER_FINAL_KINDS)
+#: not final, written by a job: a rerun resumes (timeout, preempted, interrupted) or retries
+#: (infra, with ``failure.cause``) them
+INCOMPLETE_KINDS = ("infra", "timeout", "preempted", "interrupted")
+#: not final, assigned by readers (the aggregator, the status view), never written by a job
+READ_PROBLEMS = ("missing", "corrupt")
 ALL_STATUSES = (OK, *FAILURE_KINDS, *INCOMPLETE_KINDS, *READ_PROBLEMS)
-# A final result is never retrained by a rerun; preempted/timeout runs resume from last.ckpt.
+#: A final result is never retrained by a rerun (unless its kind is retried on request).
 FINAL_STATUSES = frozenset((OK, *FAILURE_KINDS))
+#: ``failure.cause`` of an ``infra`` record (the fault's origin, never the study's)
+INFRA_CAUSES = ("disk", "device", "node", "memory", "data", "checkpoint", "other")
+
+#: status -> family, as in docs/contracts.md (word for word)
+FAMILIES = {
+    OK: "ok",
+    **{k: "instability" for k in INSTABILITY_KINDS},
+    **{k: "other final" for k in OTHER_FINAL_KINDS},
+    **{k: "not final" for k in (*INCOMPLETE_KINDS, *READ_PROBLEMS)},
+}
+
+
+def family(status: str | None) -> str:
+    """The status family of a status (``not final`` for an unknown or absent one)."""
+    return FAMILIES.get(status, "not final")
+
+
+def is_instability(status: str | None) -> bool:
+    """True for the study's failures: the numerator of the failure rate."""
+    return status in INSTABILITY_KINDS
+
 
 # Per-epoch history columns, in order. Extra columns are allowed after these.
 HISTORY_COLUMNS = (
@@ -137,11 +167,19 @@ def read_history(path: str | os.PathLike) -> Loaded:
 
 # --- record builders (keep the shape in one place) --------------------------------------------
 def failure(kind: str, *, epoch: int | None, step: int | None, wall_s: float | None,
-            message: str = "") -> dict:
-    """The ``failure`` block of ``result.json``."""
+            message: str = "", cause: str | None = None) -> dict:
+    """The ``failure`` block of ``result.json``. ``cause`` is required for ``infra`` (one of
+    :data:`INFRA_CAUSES`) and absent (None) otherwise."""
     if kind not in FAILURE_KINDS + INCOMPLETE_KINDS:
         raise ValueError(f"failure kind {kind!r} not in {FAILURE_KINDS + INCOMPLETE_KINDS}")
-    return {"kind": kind, "epoch": epoch, "step": step, "wall_s": wall_s, "message": message}
+    if kind == "infra" and cause not in INFRA_CAUSES:
+        raise ValueError(f"failure.cause {cause!r} for infra not in {INFRA_CAUSES}")
+    if kind != "infra" and cause is not None:
+        raise ValueError(f"failure.cause is for infra only, not {kind!r}")
+    out = {"kind": kind, "epoch": epoch, "step": step, "wall_s": wall_s, "message": message}
+    if cause is not None:
+        out["cause"] = cause
+    return out
 
 
 def result_record(*, status: str, sweep: str, arm_id: str, seed: int, failure_info: dict | None,
