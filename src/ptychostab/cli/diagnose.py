@@ -3,6 +3,14 @@
     python -m ptychostab.cli.diagnose activations --arch hybrid --depth 4 --N 64 --out DIR
     python -m ptychostab.cli.diagnose gradients --arch stable_hybrid --checkpoint last.ckpt \\
         --input data.npz --out DIR
+    python -m ptychostab.cli.diagnose activations --run outputs/<sweep>/<arm>/seed=<k> [--best]
+    python -m ptychostab.cli.diagnose activations --run outputs/<sweep>/<arm>/seed=<k> --epochs
+
+``--run`` reads the architecture and the data config from the run's ``manifest.json``, the
+weights from its ``last.ckpt`` (``--best``: ``best.ckpt``) and the input from the run's own probe
+batch (:func:`~ptychostab.diagnostics.drift.probe_indices` of its validation patterns); ``--out``
+defaults to ``<run>/diagnostics``. ``--epochs`` plots the trajectory the run recorded in its
+``activations.csv`` instead (no model is built).
 
 Writes ``<out>/<command>.json`` and ``<out>/<command>.png``. The generator is untrained unless
 ``--checkpoint`` is given (a state_dict or a Lightning checkpoint; a key prefix such as
@@ -56,7 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ptychostab.cli.diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=("activations", "gradients"))
-    p.add_argument("--arch", required=True, choices=generator_names())
+    p.add_argument("--run", type=Path, default=None,
+                   help="a run folder: architecture from its manifest, weights from last.ckpt")
+    p.add_argument("--best", action="store_true", help="with --run: best.ckpt, not last.ckpt")
+    p.add_argument("--epochs", action="store_true",
+                   help="with --run: plot the recorded activations.csv against epoch")
+    p.add_argument("--arch", default=None, choices=generator_names(),
+                   help="generator (required unless --run)")
     p.add_argument("--depth", type=int, default=4, help="fno_blocks (default 4)")
     p.add_argument("--N", type=int, default=None,
                    help="patch side (default: from --input, else 64)")
@@ -79,14 +93,97 @@ def _parser() -> argparse.ArgumentParser:
                    help="multiply the inputs (e.g. the training intensity scale)")
     p.add_argument("--samples", type=int, default=4, help="batch size (default 4)")
     p.add_argument("--seed", type=int, default=0, help="weights init and synthetic input")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None, help="(required unless --run)")
     return p
 
 
+def _run_model_and_input(run: Path, best: bool) -> tuple[nn.Module, torch.Tensor, str, str]:
+    """The run's generator with its checkpoint's weights, and the run's probe batch."""
+    from omegaconf import OmegaConf
+
+    from ..diagnostics.drift import probe_indices
+    from ..runs import records
+    from ..runs.checkpoint import load_checkpoint
+    from ..runs.job import build_model, load_data
+
+    manifest = records.read_json(run / records.MANIFEST)
+    if not manifest.ok or "config" not in (manifest.data or {}):
+        raise SystemExit(f"--run {run}: no readable manifest.json with a config "
+                         f"({manifest.problem or 'no config key'})")
+    cfg = OmegaConf.create(manifest.data["config"])
+    model = build_model(cfg)
+    name = records.BEST_CKPT if best else records.LAST_CKPT
+    path = run / name
+    if not path.exists():
+        raise SystemExit(f"--run {run}: no {name} (the run saved no checkpoint yet)")
+    if best:
+        state = torch.load(path, map_location="cpu", weights_only=True)["generator"]
+    else:
+        state = load_checkpoint(path)["training"]["generator"]
+    model.load_state_dict(state)
+    data = load_data(cfg)
+    x = torch.as_tensor(data.test_amp[probe_indices(len(data.test_amp))])
+    return model, x, str(path), f"probe batch of {run}"
+
+
+def _plot_epochs(run: Path, out: Path) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..diagnostics.drift import ACTIVATIONS, read_activations
+
+    rows = read_activations(run / ACTIVATIONS)
+    if not rows:
+        raise SystemExit(f"--run {run}: no {ACTIVATIONS} (diagnostics.every_n_epochs=0, or "
+                         "the run started before the probe existed)")
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
+    for block in sorted({r["block"] for r in rows}):
+        rs = [r for r in rows if r["block"] == block]
+        label = f"{block}: {rs[0]['name']} (L{rs[0]['level']})"
+        e = [r["epoch"] for r in rs]
+        axes[0].plot(e, [r["out_mean"] for r in rs], marker=".", label=label)
+        axes[1].plot(e, [r["update_mean"] for r in rs], marker=".")
+        axes[2].plot(e, [r["gelu_saturated"] for r in rs], marker=".")
+    for ax, title in zip(axes, ("output signed mean", "update signed mean",
+                                "GELU inputs < -3 (fraction)"), strict=False):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("epoch (-1 = init)")
+        ax.axhline(0, color="0.6", lw=0.7)
+    axes[0].legend(fontsize=6)
+    fig.suptitle(str(run), fontsize=9)
+    path = out / "activations_epochs.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    last = max(r["epoch"] for r in rows)
+    for r in rows:
+        if r["epoch"] in (-1, last):
+            print(f"epoch {r['epoch']:3d} block {r['block']:2d} {r['name']:14s} "
+                  f"mean={r['out_mean']:+.4g} update_mean={r['update_mean']:+.3g} "
+                  f"saturated={r['gelu_saturated']:.3g}")
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.run is None:
+        for flag in ("arch", "out"):
+            if getattr(args, flag) is None:
+                parser.error(f"--{flag} is required unless --run is given")
+        if args.best or args.epochs:
+            parser.error("--best and --epochs need --run")
+    else:
+        args.out = args.out or args.run / "diagnostics"
+        if args.epochs:
+            return _plot_epochs(args.run, args.out)
     torch.manual_seed(args.seed)
-    if args.input is not None:
+    if args.run is not None:
+        model, x, weights, source = _run_model_and_input(args.run, args.best)
+    elif args.input is not None:
         x = load_diffraction(args.input, key=args.input_key, max_samples=args.samples)
         source = str(args.input)
         for flag, have, want in (("--N", x.shape[-1], args.N),
@@ -97,19 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         N, C = args.N or 64, args.in_channels or 1
         x = synthetic_diffraction(args.samples, C, N, seed=args.seed)
         source = f"synthetic_diffraction(seed={args.seed})"
-    x = x * args.input_scale
-
-    model = build_generator(
-        args.arch, in_channels=x.shape[1], hidden_channels=args.hidden_channels,
-        n_modes=args.n_modes, fno_blocks=args.depth, N=x.shape[-1], corners=args.corners,
-        max_hidden_channels=args.max_hidden_channels, max_levels=args.max_levels,
-        levels=args.levels, gamma_init=args.gamma_init, layerscale_init=args.layerscale_init,
-        fno_cnn_blocks=args.fno_cnn_blocks,
-    )
-    weights = "untrained"
-    if args.checkpoint is not None:
-        load_generator_weights(model, args.checkpoint)
-        weights = str(args.checkpoint)
+    if args.run is None:
+        x = x * args.input_scale
+        model, weights = _model_from_flags(args, x), "untrained"
+        if args.checkpoint is not None:
+            load_generator_weights(model, args.checkpoint)
+            weights = str(args.checkpoint)
 
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "activations":
@@ -129,6 +219,16 @@ def main(argv: list[str] | None = None) -> int:
         print(line.format(**block))
     print(f"wrote {json_path} and {png_path}")
     return 0
+
+
+def _model_from_flags(args, x: torch.Tensor) -> nn.Module:
+    return build_generator(
+        args.arch, in_channels=x.shape[1], hidden_channels=args.hidden_channels,
+        n_modes=args.n_modes, fno_blocks=args.depth, N=x.shape[-1], corners=args.corners,
+        max_hidden_channels=args.max_hidden_channels, max_levels=args.max_levels,
+        levels=args.levels, gamma_init=args.gamma_init, layerscale_init=args.layerscale_init,
+        fno_cnn_blocks=args.fno_cnn_blocks,
+    )
 
 
 if __name__ == "__main__":
