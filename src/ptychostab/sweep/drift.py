@@ -121,9 +121,9 @@ def reading_numbers(runs: pd.DataFrame, acts: pd.DataFrame) -> dict:
         last_epoch = s.groupby("run")["epoch"].transform("max")
         u = upd[upd["run"].isin(have)]
         u_last = u.groupby("run")["epoch"].transform("max") if not u.empty else None
-        failed = {r: int(e) for r, st, e in zip(g["run"], g["status"], g["failure_epoch"], strict=False)
+        failed = {r: int(e) for r, st, e in _triples(g)
                   if records.is_instability(st) and r in have and _finite(e)}
-        survived = [r for r, st in zip(g["run"], g["status"], strict=False) if st == records.OK and r in have]
+        survived = [r for r, st, _ in _triples(g) if st == records.OK and r in have]
         pre_f, pre_s, n_f, n_s = _pre_failure(series, failed, survived)
         out[(stage, arm)] = {
             "role": g["role"].iloc[0], "depth": _first_finite(g["depth"]), "n_runs": len(have),
@@ -137,6 +137,11 @@ def reading_numbers(runs: pd.DataFrame, acts: pd.DataFrame) -> dict:
             "n_failed_total": len(failed),
         }
     return out
+
+
+def _triples(g: pd.DataFrame):
+    """``(run, status, failure_epoch)`` per run of a group."""
+    return zip(g["run"], g["status"], g["failure_epoch"], strict=True)
 
 
 def _finite(x) -> bool:
@@ -222,7 +227,7 @@ def _plot_trajectories(runs: pd.DataFrame, acts: pd.DataFrame, path: Path) -> Pa
     fig, axes = plt.subplots(len(groups), 2, figsize=(10, 2.8 * len(groups)), squeeze=False,
                              constrained_layout=True)
     for (stage, arm), g, row in ((k, g, axes[i]) for i, (k, g) in enumerate(groups)):
-        failed = {r: int(e) for r, st, e in zip(g["run"], g["status"], g["failure_epoch"], strict=False)
+        failed = {r: int(e) for r, st, e in _triples(g)
                   if records.is_instability(st) and _finite(e)}
         rest = [r for r in g["run"] if r not in failed]
         for level, gl in lv[lv["run"].isin(rest)].groupby("level"):
