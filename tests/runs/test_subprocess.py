@@ -1,6 +1,7 @@
-"""The job as a process (``python -m ptychostab.runs.job``): exit codes, SIGKILL, SIGTERM.
+"""The job as a process (``python -m ptychostab.runs.job``): exit codes, SIGKILL, SIGTERM,
+SIGINT, and ``run.lock`` against a second run of the same folder.
 
-The three processes start together (module fixture) so that their imports of torch and
+The four processes start together (module fixture) so that their imports of torch and
 Lightning overlap: the suite pays for one process start, not three.
 """
 
@@ -14,6 +15,7 @@ import pytest
 from ptychostab.runs import records
 from ptychostab.runs.checkpoint import load_checkpoint
 from ptychostab.runs.job import run_job
+from ptychostab.runs.lock import RunLocked, read_lock
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
 
@@ -66,7 +68,7 @@ def rows(run_dir):
 
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
-    """Three job processes started at once, plus the history of an uninterrupted in-process
+    """Four job processes started at once, plus the history of an uninterrupted in-process
     run of the slow config (4 epochs of 49 one-sample steps, a few tenths of a second each)."""
     from ptychostab.training.testing import tiny_config
 
@@ -75,7 +77,8 @@ def jobs(tmp_path_factory):
     failing = tiny_config(**{"failure.test_inject_exception_step": 1})
     procs = {name: (start(cfg, root / name, root / name / "run", gated=name != "failing"),
                     root / name / "run")
-             for name, cfg in (("failing", failing), ("kill", slow), ("term", slow))}
+             for name, cfg in (("failing", failing), ("kill", slow), ("term", slow),
+                               ("int", slow))}
     ref = root / "reference"
     run_job(slow, run_dir=ref, arm={}, arm_id="proc", overrides=[])
     yield slow, rows(ref), procs
@@ -98,16 +101,28 @@ def test_sigkill_mid_epoch_then_rerun_resumes_from_last_ckpt(jobs):
     proc, run_dir = procs["kill"]
     go(run_dir)
     wait_for_epochs(proc, run_dir, 1)
+    # the same job again while the first is alive: refused, naming the holder
+    lock = read_lock(run_dir / records.RUN_LOCK)
+    segments = len(records.read_json(run_dir / records.MANIFEST).data["segments"])
+    with pytest.raises(RunLocked, match=f"in use by pid {proc.pid} on host "):
+        run_job(cfg, run_dir=run_dir, arm={}, arm_id="proc", overrides=[])
+    assert lock["pid"] == proc.pid and "slurm_job_id" in lock and lock["pack_id"] is None
+    assert read_lock(run_dir / records.RUN_LOCK)["token"] == lock["token"]
+    assert len(records.read_json(run_dir / records.MANIFEST).data["segments"]) == segments
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not (run_dir / records.RESULT).exists()
+    assert read_lock(run_dir / records.RUN_LOCK)["pid"] == proc.pid  # left by the dead one
     killed_at = load_checkpoint(run_dir / records.LAST_CKPT)["training"]["epoch"]
     assert 1 <= killed_at < 4
 
     result = run_job(cfg, run_dir=run_dir, arm={}, arm_id="proc", overrides=[])
     assert result["status"] == "ok" and result["epochs_completed"] == 4
     assert rows(run_dir) == reference  # every epoch once, and the same numbers
+    assert not (run_dir / records.RUN_LOCK).exists()
+    assert f"took over the stale run.lock of pid {proc.pid}" in (
+        run_dir / records.RUN_LOG).read_text()
     resumed = records.read_json(run_dir / records.MANIFEST).data["segments"][-1]["resumed_from"]
     assert resumed["epoch"] == killed_at and resumed["reason"] == "epoch_end"
 
@@ -130,3 +145,27 @@ def test_sigterm_saves_records_preempted_and_exits_143(jobs):
     result = run_job(cfg, run_dir=run_dir, arm={}, arm_id="proc", overrides=[])
     assert result["status"] == "ok" and result["global_step"] == 4 * 49
     assert rows(run_dir) == reference
+
+
+def test_sigint_saves_records_interrupted_exits_130_and_resumes(jobs):
+    cfg, reference, procs = jobs
+    proc, run_dir = procs["int"]
+    go(run_dir)
+    wait_for_epochs(proc, run_dir, 1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, out
+    assert "status: interrupted" in out
+    result = records.read_json(run_dir / records.RESULT).data
+    assert result["status"] == "interrupted" and "SIGINT" in result["failure"]["message"]
+    assert not records.is_final(result["status"])
+    ckpt = load_checkpoint(run_dir / records.LAST_CKPT)
+    assert ckpt["reason"] == "interrupted"
+    assert ckpt["training"]["global_step"] == result["failure"]["step"]
+    assert not (run_dir / records.RUN_LOCK).exists()  # released before KeyboardInterrupt
+
+    result = run_job(cfg, run_dir=run_dir, arm={}, arm_id="proc", overrides=[])
+    assert result["status"] == "ok" and result["global_step"] == 4 * 49
+    assert rows(run_dir) == reference  # resumed mid-epoch, bit-identically
+    resumed = records.read_json(run_dir / records.MANIFEST).data["segments"][-1]["resumed_from"]
+    assert resumed["reason"] == "interrupted"

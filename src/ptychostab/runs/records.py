@@ -4,7 +4,12 @@ Each job owns one folder ``<output_root>/<sweep>/<arm_id>/seed=<k>/`` and writes
 
 - ``manifest.json`` at start (who, what, where, with which code),
 - ``history.csv`` after every epoch (one row per epoch, columns in :data:`HISTORY_COLUMNS`),
-- ``result.json`` at the end (status, failure, metrics).
+- ``result.json`` at the end (status, failure, metrics), replaced only as
+  :func:`may_replace` allows (a record is never demoted),
+- ``last.ckpt``/``best.ckpt``, ``recon.npz``, ``traceback.txt``, ``run.log`` (the per-run log)
+  and ``run.lock`` (liveness: :mod:`ptychostab.runs.lock`).
+
+All of them are written by one per-run recorder (:mod:`ptychostab.runs.recorder`).
 
 Every write is atomic (temporary file in the same folder, then ``os.replace``), so a reader
 never sees half a file, and a job killed mid-write leaves the previous version intact.
@@ -38,6 +43,9 @@ RESULT = "result.json"
 TRACEBACK = "traceback.txt"
 LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
+RECON = "recon.npz"
+RUN_LOG = "run.log"
+RUN_LOCK = "run.lock"
 
 # --- status taxonomy (docs/contracts.md "Run records: status families") ----------------------
 OK = "ok"
@@ -98,6 +106,23 @@ HISTORY_COLUMNS = (
 def is_final(status: str | None) -> bool:
     """True when a run with this status must not be trained again."""
     return status in FINAL_STATUSES
+
+
+def may_replace(current: str | None, new: str, *, by_run: bool) -> bool:
+    """The never-demote rule: may a ``result.json`` with status ``current`` (None: none or
+    unreadable) be replaced by one with status ``new``?
+
+    - a final record is never replaced (a requested retry sets it aside first);
+    - a non-final record may be replaced by another non-final one (``preempted`` by ``infra``,
+      ``infra`` by ``preempted``, ...);
+    - only the run itself finishing (``by_run``: the job that trained it, not a launcher or a
+      callback recording from outside) replaces a non-final record with a final one.
+    """
+    if is_final(current):
+        return False
+    if is_final(new):
+        return by_run
+    return True
 
 
 # --- atomic writers (one implementation: ptychostab.atomic) ---------------------------------

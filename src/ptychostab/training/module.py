@@ -65,7 +65,8 @@ log = logging.getLogger(__name__)
 
 
 class Preempted(Exception):
-    """Raised at a step boundary after a preemption signal; the job saves and records."""
+    """Raised at a step boundary after a stop signal (SIGTERM/SIGUSR2: preemption, SIGINT:
+    Ctrl-C); the job saves ``last.ckpt`` and records ``preempted`` or ``interrupted``."""
 
     def __init__(self, signum: int | None = None):
         super().__init__(f"preemption signal {signum}")
@@ -94,7 +95,8 @@ class PtychoModule(L.LightningModule):
     on_epoch_end : callable (module, row, is_best) -> None, optional
         Called after each completed epoch, position already advanced (the job checkpoints).
     stop_requested : callable () -> int | None, optional
-        A pending preemption signal number, checked at every step boundary.
+        A pending stop signal number (preemption or SIGINT), checked at every step boundary
+        and after every epoch end.
     generator_info : dict, optional
         Static description of the generator (``ptychostab.models.describe``) for the
         effective settings.
