@@ -76,6 +76,7 @@ SIZES = {  # N, finest width, modes, validation patterns (Stage A: 2,178 test pa
 CLIP_VALUES = {"none": None, "norm": 1.0, "value": 0.1, "agc": 0.01}
 DEFAULT_VARIANTS = "4:norm,4:agc,8:norm"
 STAGE_A_STEPS_PER_EPOCH = 862
+STAGE_A_RUNS = 30  # 3 arms x 10 seeds (experiments/stage_a.yaml)
 IMPL_FLAGS = {"ours": {}, "graphs": {"trainer.cuda_graphs": True},
               "compile": {"trainer.compile": True},
               "compile_graphs": {"trainer.compile": True, "trainer.cuda_graphs": True}}
@@ -89,7 +90,7 @@ def variant_config(args, depth: int, clip: str, impl: str = "ours"):
         "depth": depth, "seed": args.seed,
         "data.N": size["N"] if args.N is None else args.N,
         "arch.name": "hybrid", "arch.hidden_channels": args.hidden or size["hidden"],
-        "arch.n_modes": args.modes or size["modes"], "arch.corners": 2,
+        "arch.n_modes": args.modes or size["modes"], "arch.corners": args.corners,
         "clip.algorithm": clip, "clip.value": CLIP_VALUES[clip],
         "trainer.batch_size": args.batch, "trainer.max_epochs": 10_000,
         "trainer.accelerator": args.device, "trainer.tf32": args.tf32,
@@ -261,6 +262,20 @@ def count_flops(cfg, data, device: torch.device, batch: int) -> int:
 
 
 # --- driver ----------------------------------------------------------------------------------
+def dry_run_estimate(cfg) -> int | None:
+    """The dry run's training-memory estimate for this arm (sweep.plan.describe_config)."""
+    from omegaconf import OmegaConf
+
+    from ptychostab.sweep.plan import describe_config
+    try:
+        info = describe_config(OmegaConf.to_container(cfg, resolve=True))
+    except Exception as err:  # the figure is for comparison only
+        logging.warning("no dry-run estimate: %s", err)
+        return None
+    value = info.get("memory_bytes_estimate")
+    return int(value) if isinstance(value, (int, float)) else None
+
+
 def peak_bytes(device: torch.device) -> int | None:
     return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
 
@@ -290,7 +305,7 @@ def run_variant(args, variant, device: torch.device, root: Path) -> dict:
     n_real = sum(t.numel() * (2 if t.is_complex() else 1) for t in init.values())
     flops = count_flops(cfg, data, device, args.batch)
     out = {"depth": depth, "clip": clip, "params_real": n_real, "flops_per_step": flops,
-           "impls": {}}
+           "memory_bytes_estimate": dry_run_estimate(cfg), "impls": {}}
     impls = [i for i in args.impls if device.type == "cuda" or "graphs" not in i]
     rounds = args.repeats + 1
     results = {i: {"round_s": [], "epoch_end_s": [], "peak_bytes": None, "error": None}
@@ -377,10 +392,13 @@ def run_variant(args, variant, device: torch.device, root: Path) -> dict:
 
 def table(results: list[dict], args) -> str:
     head = (f"{'variant':<12} {'impl':<15} {'steps/s':>8} {'ms/step':>8} {'ours/bare':>9} "
-            f"{'peak MiB':>9} {'TFLOP/s':>8} {'epoch end ms':>12} {'max|dW| rel':>11}")
+            f"{'peak MiB':>9} {'est MiB':>8} {'peak/est':>8} {'TFLOP/s':>8} "
+            f"{'epoch end ms':>12} {'max|dW| rel':>11}")
     lines = [head, "-" * len(head)]
     for res in results:
         name = f"d{res['depth']} {res['clip']}"
+        est_b = res.get("memory_bytes_estimate")
+        est = "-" if est_b is None else f"{est_b / 2**20:.0f}"
         for impl, row in res["impls"].items():
             if row.get("error"):
                 lines.append(f"{name:<12} {impl:<15} ERROR {row['error']}")
@@ -388,12 +406,14 @@ def table(results: list[dict], args) -> str:
             if "steps_per_s" not in row:
                 continue
             peak = "-" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 2**20:.0f}"
+            frac = ("-" if row["peak_bytes"] is None or not est_b or args.interleave
+                    else f"{row['peak_bytes'] / est_b:.2f}")
             end = f"{row['epoch_end_ms']:.1f}" if "epoch_end_ms" in row else "-"
             dw = row.get("weights_rel_diff_vs_bare")
             dw = "-" if dw is None or impl == "bare" else f"{dw:.1e}"
             ratio = f"{row['ratio']:.3f}" if "ratio" in row else "-"
             lines.append(f"{name:<12} {impl:<15} {row['steps_per_s']:8.1f} "
-                         f"{row['ms_per_step']:8.2f} {ratio:>9} {peak:>9} "
+                         f"{row['ms_per_step']:8.2f} {ratio:>9} {peak:>9} {est:>8} {frac:>8} "
                          f"{row['tflops']:8.3f} {end:>12} {dw:>11}")
     return "\n".join(lines)
 
@@ -407,8 +427,10 @@ def projection(results: list[dict]) -> list[str]:
                 continue
             epoch = STAGE_A_STEPS_PER_EPOCH / row["steps_per_s"] + row.get("epoch_end_ms",
                                                                            0) / 1e3
+            grid_h = STAGE_A_RUNS * 50 * epoch / 3600
             out.append(f"  d{res['depth']} {res['clip']} {impl}: epoch {epoch:.2f} s, "
-                       f"50 epochs {50 * epoch / 60:.1f} min")
+                       f"50 epochs {50 * epoch / 60:.1f} min; Stage A grid (3 arms x 10 seeds "
+                       f"x 50 epochs) {grid_h:.2f} h of this device")
     return out
 
 
@@ -445,6 +467,8 @@ def parse(argv=None):
     p.add_argument("--N", type=int, default=None)
     p.add_argument("--hidden", type=int, default=None)
     p.add_argument("--modes", type=int, default=None)
+    p.add_argument("--corners", type=int, choices=[1, 2], default=2,
+                   help="spectral layout: 2 ours (default), 1 the reference's (profile=reference)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tf32", type=lambda s: s.lower() in ("1", "true", "on", "yes"),
                    default=True)

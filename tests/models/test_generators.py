@@ -15,11 +15,11 @@ from ptychostab.models import (
 )
 from ptychostab.models.hybrid import default_max_levels, plan_levels
 
-ARCHS = ("hybrid", "stable_hybrid", "layerscale_hybrid", "fno")
+ARCHS = ("hybrid", "stable_hybrid", "stable_hybrid_ls", "layerscale_hybrid", "fno")
 TINY = {"hidden_channels": 4, "n_modes": 4}
 
 
-def test_registry_lists_the_four_generators():
+def test_registry_lists_the_five_generators():
     assert set(generator_names()) == set(ARCHS)
 
 

@@ -236,15 +236,24 @@ class ActivationLog:
         batch = val_data.index_select(0, idx.to(val_data.device)).to(device).clone()
         self.probe = DriftProbe(generator, batch)
 
-    def start(self, completed_epochs: int) -> None:
+    def start(self, completed_epochs: int, weights_at_epoch_end: bool = False) -> None:
         """A fresh run (``completed_epochs == 0`` and no rows kept) probes the initial weights
-        as epoch -1; a resumed one keeps the rows of epochs ``< completed_epochs`` only."""
+        as epoch -1; a resumed one keeps the rows of epochs ``< completed_epochs`` only.
+
+        ``weights_at_epoch_end``: the generator holds the weights of the end of epoch
+        ``completed_epochs - 1`` (a resume from an epoch-end checkpoint); if that epoch was due
+        and its rows are missing (killed between the checkpoint and this file), measure them
+        now: the same weights and batch give the same rows."""
         if not self.enabled:
             return
         kept = [r for r in read_activations(self.path) if r["epoch"] < completed_epochs]
         self.rows = kept
         if completed_epochs == 0 and not any(r["epoch"] == INIT_EPOCH for r in kept):
             self.rows = self._measure(INIT_EPOCH)
+        last = completed_epochs - 1
+        if (weights_at_epoch_end and last >= 0 and (last + 1) % self.every_n_epochs == 0
+                and not any(r["epoch"] == last for r in kept)):
+            self.rows = kept + self._measure(last)
         write_activations(self.path, self.rows)
 
     def epoch_end(self, epoch: int) -> None:

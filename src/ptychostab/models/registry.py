@@ -50,23 +50,31 @@ class GeneratorSpec:
     knobs: frozenset[str]
     summary: str
     defaults: dict[str, Any]  # per-architecture value of a knob left at None
+    knob_defaults: dict[str, Any]  # per-architecture value of a knob the caller leaves out
 
 
 _REGISTRY: dict[str, GeneratorSpec] = {}
 
 
 def register_generator(name: str, knobs: frozenset[str] | set[str], summary: str = "",
-                       defaults: dict[str, Any] | None = None):
+                       defaults: dict[str, Any] | None = None,
+                       knob_defaults: dict[str, Any] | None = None):
     """Decorator registering ``build(**resolved_config) -> nn.Module`` under ``name``.
 
     ``defaults`` gives this architecture's value for a knob whose global default is None.
+    ``knob_defaults`` replaces :data:`KNOB_DEFAULTS` for knobs of this architecture that the
+    caller does not pass (a variant defined by its knob values, e.g. ``stable_hybrid_ls``); the
+    composed config always passes every knob, so there its arch/<name>.yaml sets them.
     """
-    unknown = set(knobs) - KNOB_DEFAULTS.keys()
+    unknown = (set(knobs) | set(knob_defaults or {})) - KNOB_DEFAULTS.keys()
     if unknown:
         raise ValueError(f"unknown knobs {sorted(unknown)} for generator {name!r}")
+    if not set(knob_defaults or {}) <= set(knobs):
+        raise ValueError(f"knob_defaults of {name!r} name knobs it does not use")
 
     def wrap(build):
-        _REGISTRY[name] = GeneratorSpec(build, frozenset(knobs), summary, dict(defaults or {}))
+        _REGISTRY[name] = GeneratorSpec(build, frozenset(knobs), summary, dict(defaults or {}),
+                                        dict(knob_defaults or {}))
         return build
 
     return wrap
@@ -108,7 +116,8 @@ def resolve_config(name: str, *, in_channels: int = 1, hidden_channels: int = 32
         raise TypeError(f"build_generator() got unexpected keyword argument(s) "
                         f"{sorted(unknown)}; knobs are {sorted(KNOB_DEFAULTS)}")
     cfg = {"name": name, "in_channels": in_channels, "hidden_channels": hidden_channels,
-           "n_modes": n_modes, "fno_blocks": fno_blocks, "N": N, **KNOB_DEFAULTS, **knobs}
+           "n_modes": n_modes, "fno_blocks": fno_blocks, "N": N, **KNOB_DEFAULTS,
+           **spec.knob_defaults, **knobs}
     for field in ("in_channels", "hidden_channels", "n_modes", "fno_blocks", "N"):
         _check_int(field, cfg[field], 1)
     for field in sorted(KNOB_DEFAULTS.keys() - spec.knobs):
@@ -144,7 +153,7 @@ def build_generator(name: str, *, in_channels: int = 1, hidden_channels: int = 3
     ----------
     name : str
         One of :func:`generator_names` (``fno``, ``hybrid``, ``layerscale_hybrid``,
-        ``stable_hybrid``).
+        ``stable_hybrid``, ``stable_hybrid_ls``).
     in_channels : int, default 1
         ``C = gridsize**2``.
     hidden_channels : int, default 32
@@ -158,8 +167,9 @@ def build_generator(name: str, *, in_channels: int = 1, hidden_channels: int = 3
     **knobs
         ``corners`` (2; 1 = reference one-corner fallback), ``max_hidden_channels`` (None),
         ``max_levels`` (None -> coarsest map >= 8 x 8), ``levels`` (None; reference
-        depth-as-levels), ``gamma_init`` (0.0, stable_hybrid), ``layerscale_init`` (None:
-        stable_hybrid none, layerscale_hybrid 1e-2), ``fno_cnn_blocks`` (2, fno).
+        depth-as-levels), ``gamma_init`` (0.0, stable_hybrid; 1.0 stable_hybrid_ls),
+        ``layerscale_init`` (None: stable_hybrid none, stable_hybrid_ls 1e-3,
+        layerscale_hybrid 1e-2), ``fno_cnn_blocks`` (2, fno).
 
     Returns
     -------
@@ -226,6 +236,16 @@ def _build_hybrid(**cfg):
 def _build_stable_hybrid(*, gamma_init, layerscale_init, **cfg):
     block = partial(StablePtychoBlock, gamma_init=gamma_init, layerscale_init=layerscale_init)
     return _hybrid(block, **cfg)
+
+
+@register_generator("stable_hybrid_ls", _HYBRID_KNOBS | {"gamma_init", "layerscale_init"},
+                    "Hybrid U-NO with the reference HEAD's stable block: InstanceNorm (weight 1) "
+                    "+ LayerScale 1e-3 (StablePtychoBlock v2)",
+                    knob_defaults={"gamma_init": 1.0, "layerscale_init": 1e-3})
+def _build_stable_hybrid_ls(*, gamma_init, layerscale_init, **cfg):
+    # The same block as stable_hybrid; a separate name so that the arm label, the manifest and
+    # the decision's roles (arch_fix = stable_hybrid, the zero-gamma v1) tell the variants apart.
+    return _build_stable_hybrid(gamma_init=gamma_init, layerscale_init=layerscale_init, **cfg)
 
 
 @register_generator("layerscale_hybrid", _HYBRID_KNOBS | {"layerscale_init"},

@@ -35,7 +35,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
@@ -164,13 +163,14 @@ class _Job:
             generator, probe, train, val, settings=settings, clipper=clipper, failure=failure,
             seed=self.seed, device=self.device, clock=rec.clock,
             on_epoch_end=rec.epoch_end, stop_requested=self.guard.pending,
-            generator_info=info)
+            generator_info=info, on_sync=rec.sync if rec.sinks else None)
 
         if rec.checkpoint is not None:
             self.module.load_training_state(rec.checkpoint["training"])
             set_rng_state(rec.checkpoint["rng"])
             rec.resumed(self.module)
 
+        rec.ready(self.module)
         self.trainer = self._trainer(settings.max_epochs - self.module.epoch)
         rec.write_manifest(effective={
             **self.module.effective_settings(),
@@ -192,7 +192,7 @@ class _Job:
         return L.Trainer(
             accelerator="gpu" if self.device.type == "cuda" else "cpu", devices=1,
             max_epochs=max(1, max_epochs), precision="32-true",
-            logger=CSVLogger(self.run_dir, name="lightning_logs", flush_logs_every_n_steps=1),
+            logger=False,  # trackers are the recorder's sinks (runs/sinks.py), not Lightning's
             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
             num_sanity_val_steps=0, deterministic=self.device.type == "cpu",
             default_root_dir=self.run_dir, plugins=self._plugins,

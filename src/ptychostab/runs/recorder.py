@@ -117,6 +117,15 @@ class Sink:
         """The run starts a segment (lock held; ``run.checkpoint`` is the resume point or
         None; ``run.previous_manifest`` holds what earlier segments annotated)."""
 
+    def on_ready(self, run: RunRecorder, module) -> None:
+        """The module is built and, on a resume, restored from :attr:`RunRecorder.checkpoint`
+        (its ``epoch`` is the number of completed epochs); training starts next."""
+
+    def on_sync(self, run: RunRecorder, module, step: int, values: dict) -> None:
+        """A sync point (every ``trainer.sync_every`` steps and at each epoch's last step):
+        ``values`` are the last step's ``train_loss``, ``grad_norm_pre``, ``grad_norm_post``,
+        already on the host (no extra synchronisation). Keep it cheap."""
+
     def on_epoch_end(self, run: RunRecorder, module, row: dict, is_best: bool) -> None:
         """An epoch ended (``row`` is its history row; its checkpoints are queued)."""
 
@@ -325,6 +334,16 @@ class RunRecorder:
         self.lock.heartbeat()
         for sink in self.sinks:
             sink.on_epoch_end(self, module, row, is_best)
+
+    def ready(self, module) -> None:
+        """The job built (and on a resume restored) ``module``: sinks' ``on_ready``."""
+        for sink in self.sinks:
+            sink.on_ready(self, module)
+
+    def sync(self, module, step: int, values: dict) -> None:
+        """A sync point of the training loop: sinks' ``on_sync``."""
+        for sink in self.sinks:
+            sink.on_sync(self, module, step, values)
 
     def end(self, record: dict | None = None) -> None:
         """Always, once (``finally``): sinks' ``on_end``, queued writes drained, writer

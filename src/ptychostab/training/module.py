@@ -100,6 +100,10 @@ class PtychoModule(L.LightningModule):
     generator_info : dict, optional
         Static description of the generator (``ptychostab.models.describe``) for the
         effective settings.
+    on_sync : callable (module, global_step, last) -> None, optional
+        Called at every sync point (every ``sync_every`` steps and at the epoch's last step)
+        with the last step's ``train_loss``, ``grad_norm_pre``, ``grad_norm_post``, read in
+        the sync point's one host transfer (trackers' per-step values, the progress display).
     """
 
     def __init__(self, generator: nn.Module, probe: Tensor, train_data: Tensor,
@@ -108,7 +112,8 @@ class PtychoModule(L.LightningModule):
                  clock: Callable[[], float] | None = None,
                  on_epoch_end: Callable | None = None,
                  stop_requested: Callable[[], int | None] | None = None,
-                 generator_info: dict | None = None):
+                 generator_info: dict | None = None,
+                 on_sync: Callable | None = None):
         super().__init__()
         self.automatic_optimization = False
         self.device_ = torch.device(device)
@@ -146,6 +151,8 @@ class PtychoModule(L.LightningModule):
         t0 = time.monotonic()
         self.clock = clock or (lambda: time.monotonic() - t0)
         self.on_epoch_end = on_epoch_end
+        self.on_sync = on_sync
+        self.log_epoch_line = True  # a progress display that writes its own line turns it off
         self.stop_requested = stop_requested or (lambda: None)
 
     # --- the physics ---------------------------------------------------------------------------
@@ -203,7 +210,10 @@ class PtychoModule(L.LightningModule):
         self.step_in_epoch += 1
         last = self.step_in_epoch == self.batches.batches_per_epoch
         if last or self.global_step_count % self.settings.sync_every == 0:
-            self._raise_on_step_failure(self.monitor.poll())
+            seen = self.monitor.poll(with_last=self.on_sync is not None)
+            self._raise_on_step_failure(seen)
+            if self.on_sync is not None:
+                self.on_sync(self, self.global_step_count, seen.get("last", {}))
         return None
 
     def _train_epoch(self) -> None:
@@ -266,9 +276,10 @@ class PtychoModule(L.LightningModule):
         self.monitor.start_epoch()
         if self.on_epoch_end is not None:
             self.on_epoch_end(self, row, is_best)
-        log.info("epoch %d: train %.5g val %.5g grad pre med %.3g max %.3g lr %.3g",
-                 done_epoch, row["train_loss"], vl, row["grad_norm_pre_median"],
-                 row["grad_norm_pre_max"], row["lr"])
+        log.log(logging.INFO if self.log_epoch_line else logging.DEBUG,
+                "epoch %d: train %.5g val %.5g grad pre med %.3g max %.3g lr %.3g",
+                done_epoch, row["train_loss"], vl, row["grad_norm_pre_median"],
+                row["grad_norm_pre_max"], row["lr"])
         if self.logger is not None:
             self.logger.log_metrics({k: v for k, v in row.items() if v is not None},
                                     step=done_epoch)

@@ -159,11 +159,23 @@ class StepMonitor:
         self._scanned = hi
 
     # --- host reads --------------------------------------------------------------------------
-    def poll(self) -> dict:
-        """Failure steps seen so far (one host transfer): ``{"nonfinite": int|None, ...}``."""
+    def poll(self, with_last: bool = False) -> dict:
+        """Failure steps seen so far (one host transfer): ``{"nonfinite": int|None, ...}``.
+
+        ``with_last``: the same transfer also carries the last recorded step's values, as
+        ``"last": {"train_loss", "grad_norm_pre", "grad_norm_post"}`` (for trackers and the
+        progress display: no extra synchronisation)."""
         self._scan()
-        nf, dv = torch.stack((self.first_nonfinite, self.diverged_at)).tolist()
-        return {"nonfinite": nf if nf >= 0 else None, "diverged": dv if dv >= 0 else None}
+        if not with_last or self.count == 0:
+            nf, dv = torch.stack((self.first_nonfinite, self.diverged_at)).tolist()
+            return {"nonfinite": nf if nf >= 0 else None, "diverged": dv if dv >= 0 else None}
+        # float64 holds every step index exactly (< 2**53)
+        packed = torch.cat((torch.stack((self.first_nonfinite, self.diverged_at)).double(),
+                            self.values[:, self.count - 1].double())).tolist()
+        nf, dv = int(packed[0]), int(packed[1])
+        return {"nonfinite": nf if nf >= 0 else None, "diverged": dv if dv >= 0 else None,
+                "last": dict(zip(("train_loss", "grad_norm_pre", "grad_norm_post"),
+                                 packed[2:], strict=True))}
 
     def epoch_summary(self, extra: dict[str, Tensor] | None = None) -> dict:
         """Mean/median/max of this epoch's loss and grad norms, the detectors' state, and

@@ -13,6 +13,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "cosine", "plateau", "exponential")
 ACCELERATORS = ("auto", "cpu", "cuda")
 LOSS_KINDS = ("mae", "poisson")
+PROGRESS = ("auto", "bar", "log", "none")
 
 
 def _choice(name: str, value, allowed) -> None:
@@ -51,6 +52,8 @@ class TrainerSettings:
     sync_every: int = 50
     eval_batch_size: int = 128
     max_data_on_device_gb: float = 8.0
+    progress: str = "auto"
+    log_every_n_steps: int | None = None  # None: every sync point (= sync_every); 0: off
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -58,6 +61,15 @@ class TrainerSettings:
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("accelerator", self.accelerator, ACCELERATORS)
         _choice("loss", self.loss, LOSS_KINDS)
+        _choice("progress", self.progress, PROGRESS)
+        if self.log_every_n_steps is None:
+            object.__setattr__(self, "log_every_n_steps", self.sync_every)
+        _positive("log_every_n_steps", self.log_every_n_steps, strict=False)
+        if self.log_every_n_steps % self.sync_every:
+            raise ValueError(
+                f"trainer.log_every_n_steps={self.log_every_n_steps} must be a multiple of "
+                f"trainer.sync_every={self.sync_every} (per-step values ride on the sync "
+                "point's one host transfer), or 0 (no per-step logging)")
         for name in ("max_epochs", "batch_size", "lr", "sync_every", "eval_batch_size",
                      "exp_gamma", "plateau_factor"):
             _positive(name, getattr(self, name))
