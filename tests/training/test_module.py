@@ -1,5 +1,7 @@
 """The LightningModule under a Trainer: the step as defined, no host sync, sync cadence."""
 
+import math
+import math
 import sys
 from pathlib import Path
 
@@ -86,9 +88,9 @@ def test_training_steps_do_not_read_tensors_on_the_host(make_cfg, monkeypatch):
         finally:
             in_step[0] = False
 
-    def poll(self):
+    def poll(self, with_last=False):
         polls.append(self.count)
-        return real_poll(self)
+        return real_poll(self, with_last)
 
     monkeypatch.setattr(PtychoModule, "training_step", step)
     monkeypatch.setattr(StepMonitor, "poll", poll)
@@ -103,7 +105,8 @@ def test_sync_every_sets_the_read_cadence(make_cfg, monkeypatch):
     steps = []
     real_poll = StepMonitor.poll
     monkeypatch.setattr(StepMonitor, "poll",
-                        lambda self: steps.append(int(self.step)) or real_poll(self))
+                        lambda self, with_last=False: steps.append(int(self.step))
+                        or real_poll(self, with_last))
     fit(m)
     assert steps == [3, 4, 6, 8, 9, 12]  # multiples of 3 and each epoch's last step
 
@@ -133,3 +136,22 @@ def test_compile_gives_the_eager_losses(make_cfg):
         fit(m)
         losses.append([v for r in m.history for v in (r["train_loss"], r["val_loss"])])
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_on_sync_gets_the_last_step_values_from_the_sync_transfer(make_cfg, monkeypatch):
+    """Per-step values for trackers ride on the sync point's read: the same cadence as the
+    monitor's polls, and the values of the step just taken."""
+    m = make_module(make_cfg(**{"trainer.sync_every": 2}))
+    seen, transfers = [], []
+    m.on_sync = lambda mod, step, values: seen.append((step, dict(values)))
+    real_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist",
+                        lambda self: transfers.append(1) or real_tolist(self))
+    fit(m)
+    assert [s for s, _ in seen] == [2, 4, 6, 8]  # 4 steps per epoch, every 2 steps
+    assert len(transfers) == len(seen) + 2  # one per sync point, plus the 2 epoch summaries
+    for step, values in seen:
+        assert set(values) == {"train_loss", "grad_norm_pre", "grad_norm_post"}
+        assert all(math.isfinite(v) for v in values.values())
+    # the last step of each epoch: its loss is the buffer's last entry of that epoch
+    assert seen[-1][1]["train_loss"] > 0
