@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from ptychostab.diagnostics.drift import ACTIVATIONS, read_activations
 from ptychostab.runs import records
 from ptychostab.runs.checkpoint import load_checkpoint
 from ptychostab.runs.job import run_job
@@ -120,6 +121,10 @@ def test_sigkill_mid_epoch_then_rerun_resumes_from_last_ckpt(jobs):
     result = run_job(cfg, run_dir=run_dir, arm={}, arm_id="proc", overrides=[])
     assert result["status"] == "ok" and result["epochs_completed"] == 4
     assert rows(run_dir) == reference  # every epoch once, and the same numbers
+    # the drift probe's file too: every epoch once (-1 = init), the uninterrupted run's numbers
+    acts = read_activations(run_dir / ACTIVATIONS)
+    assert sorted({r["epoch"] for r in acts}) == [-1, 0, 1, 2, 3]
+    assert acts == read_activations(run_dir.parent.parent / "reference" / ACTIVATIONS)
     assert not (run_dir / records.RUN_LOCK).exists()
     assert f"took over the stale run.lock of pid {proc.pid}" in (
         run_dir / records.RUN_LOG).read_text()

@@ -1,0 +1,198 @@
+"""The per-run sinks through a real job: the drift probe, trackers, progress, the diagnose CLI."""
+
+import io
+import logging
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ptychostab.cli import diagnose
+from ptychostab.diagnostics.drift import ACTIVATIONS, read_activations
+from ptychostab.runs import records
+from ptychostab.runs.checkpoint import load_checkpoint
+from ptychostab.runs.job import run_job
+from ptychostab.runs.sinks import (
+    ActivationSink,
+    ProgressSink,
+    TrackerSink,
+    build_sinks,
+    logger_settings,
+    progress_mode,
+)
+
+
+def _cfg(make_cfg, every=1, logger=None, progress="log", **over):
+    cfg = make_cfg(**{"trainer.max_epochs": 3, **over})
+    cfg.diagnostics = {"every_n_epochs": every}
+    cfg.logger = logger or {}
+    cfg.trainer.progress = progress
+    return cfg
+
+
+def _run(cfg, run_dir):
+    return run_job(cfg, run_dir=run_dir, arm={}, arm_id="hybrid_none_d2-abc", overrides=[])
+
+
+def _weights(run_dir):
+    return load_checkpoint(run_dir / records.LAST_CKPT)["training"]["generator"]
+
+
+def _losses(run_dir):
+    return [(r["train_loss"], r["val_loss"])
+            for r in records.read_history(run_dir / records.HISTORY).data]
+
+
+def test_build_sinks_follows_the_knobs(make_cfg):
+    kinds = lambda cfg: [type(s) for s in build_sinks(cfg)]  # noqa: E731
+    assert kinds(_cfg(make_cfg)) == [ActivationSink, ProgressSink]
+    assert kinds(_cfg(make_cfg, every=0, progress="none")) == []
+    both = _cfg(make_cfg, logger={"csv": {}, "tensorboard": None}, progress="none")
+    assert kinds(both) == [ActivationSink, TrackerSink]
+    assert logger_settings(both) == {"csv": {}}
+    assert build_sinks(_cfg(make_cfg, every=2))[0].every == 2
+    assert progress_mode("auto", io.StringIO()) == "log"
+    tty = io.StringIO()
+    tty.isatty = lambda: True
+    assert progress_mode("auto", tty) == "bar" and progress_mode("none", tty) == "none"
+
+
+def test_probe_records_every_epoch_and_changes_nothing(make_cfg, tmp_path):
+    on, off = tmp_path / "on", tmp_path / "off"
+    assert _run(_cfg(make_cfg, every=1), on)["status"] == "ok"
+    assert _run(_cfg(make_cfg, every=0), off)["status"] == "ok"
+    rows = read_activations(on / ACTIVATIONS)
+    assert sorted({r["epoch"] for r in rows}) == [-1, 0, 1, 2]
+    n_blocks = len({r["block"] for r in rows})
+    assert n_blocks == 3 and len(rows) == 4 * n_blocks  # depth 2 + bottleneck
+    assert not (off / ACTIVATIONS).exists()
+    # bit-identical losses and weights with the probe on and off
+    assert _losses(on) == _losses(off)
+    w_on, w_off = _weights(on), _weights(off)
+    assert all(torch.equal(w_on[k], w_off[k]) for k in w_on)
+
+
+def test_every_n_epochs_thins_the_probe(make_cfg, tmp_path):
+    _run(_cfg(make_cfg, every=2), tmp_path / "r")
+    assert sorted({r["epoch"] for r in read_activations(tmp_path / "r" / ACTIVATIONS)}) == [-1, 1]
+
+
+def test_probe_batch_is_the_same_across_arms_and_seeds(make_cfg, tmp_path):
+    """Same data config -> same probe batch: the initial rows of two seeds of the stable arm
+    (identity at init) see the same input statistics at the first block."""
+    for seed in (0, 1):
+        _run(_cfg(make_cfg, **{"arch.name": "stable_hybrid", "seed": seed,
+                               "trainer.max_epochs": 1}), tmp_path / f"s{seed}")
+    first = [next(r for r in read_activations(tmp_path / f"s{s}" / ACTIVATIONS)
+                  if r["epoch"] == -1 and r["block"] == 0) for s in (0, 1)]
+    # zero-gamma blocks: output = input, so the block output's moments are the lifted input's;
+    # the lifter differs by seed, so compare the update (exactly 0 for both) and shapes
+    assert [f["update_abs_mean"] for f in first] == [0.0, 0.0]
+    from ptychostab.diagnostics.drift import probe_indices
+    from ptychostab.runs.build import load_data
+
+    data = load_data(_cfg(make_cfg))
+    idx = probe_indices(len(data.test_amp))
+    assert idx.tolist() == probe_indices(len(load_data(_cfg(make_cfg, seed=5)).test_amp)).tolist()
+
+
+def test_a_failed_run_keeps_the_rows_before_its_failure(make_cfg, tmp_path):
+    # 49 train patterns / batch 16 -> 4 steps per epoch; NaN at step 9 = inside epoch 2
+    cfg = _cfg(make_cfg, **{"failure.test_inject_nan_step": 9, "trainer.sync_every": 1})
+    assert _run(cfg, tmp_path / "r")["status"] == "nonfinite"
+    assert sorted({r["epoch"] for r in read_activations(tmp_path / "r" / ACTIVATIONS)}) == [
+        -1, 0, 1]
+
+
+def test_rows_lost_between_checkpoint_and_file_are_remeasured(make_cfg, tmp_path):
+    run = tmp_path / "r"
+    _run(_cfg(make_cfg), run)
+    full = read_activations(run / ACTIVATIONS)
+    # killed after the last epoch's last.ckpt, before its activations rows and result.json
+    (run / records.RESULT).unlink()
+    text = (run / ACTIVATIONS).read_text().splitlines()
+    (run / ACTIVATIONS).write_text("\n".join(line for line in text
+                                             if not line.startswith("2,")) + "\n")
+    assert len(read_activations(run / ACTIVATIONS)) < len(full)
+    result = _run(_cfg(make_cfg), run)
+    assert result["status"] == "ok" and result["epochs_completed"] == 3
+    assert read_activations(run / ACTIVATIONS) == full
+
+
+def test_restart_after_a_damaged_checkpoint_resets_the_file(make_cfg, tmp_path):
+    run = tmp_path / "r"
+    cfg = _cfg(make_cfg)
+    _run(cfg, run)
+    full = read_activations(run / ACTIVATIONS)
+    (run / records.RESULT).unlink()
+    (run / records.LAST_CKPT).write_bytes(b"truncated")
+    assert _run(cfg, run)["status"] == "ok"
+    assert read_activations(run / ACTIVATIONS) == full  # a fresh run's rows, once each
+    assert list(run.glob(f"{ACTIVATIONS}.restart-*"))  # the old file was set aside, kept
+
+
+def test_diagnose_reads_the_run_folder(make_cfg, tmp_path, capsys):
+    run = tmp_path / "r"
+    _run(_cfg(make_cfg), run)
+    assert diagnose.main(["activations", "--run", str(run)]) == 0
+    out = run / "diagnostics" / "activations.json"
+    import json
+
+    report = json.loads(out.read_text())
+    assert report["summary"]["weights"] == str(run / records.LAST_CKPT)
+    assert len(report["blocks"]) == 3
+    assert diagnose.main(["activations", "--run", str(run), "--best",
+                          "--out", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "activations.json").read_text())["summary"][
+        "weights"] == str(run / records.BEST_CKPT)
+    assert diagnose.main(["activations", "--run", str(run), "--epochs"]) == 0
+    assert (run / "diagnostics" / "activations_epochs.png").read_bytes()[:4] == b"\x89PNG"
+    assert "epoch   2 block" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        diagnose.main(["activations", "--epochs", "--out", str(tmp_path)])  # needs --run
+
+
+def test_csv_tracker_through_a_job_and_its_resume(make_cfg, tmp_path):
+    run = tmp_path / "r"
+    cfg = _cfg(make_cfg, logger={"csv": {}}, **{"trainer.sync_every": 2})
+    result = _run(cfg, run)
+    manifest = records.read_json(run / records.MANIFEST).data
+    assert manifest["trackers"] == {"csv": {"dir": "csv"}}
+    text = (run / "csv" / "metrics.csv").read_text()
+    header = text.splitlines()[0].split(",")
+    for key in ("epoch/train_loss", "epoch/val_loss", "epoch/grad_norm_pre_max", "epoch/lr",
+                "epoch/wall_s", "step/train_loss", "step/grad_norm_pre", "result/amp_ssim"):
+        assert key in header, key
+    hparams = (run / "csv" / "hparams.yaml").read_text()
+    assert "run/arm_id: hybrid_none_d2-abc" in hparams and "run/seed: 0" in hparams
+    assert "config/arch/hidden_channels: 4" in hparams and "result/status: ok" in hparams
+    assert result["global_step"] == 12
+    assert not (run / "lightning_logs").exists()
+
+
+def test_progress_log_line_has_rate_and_eta(make_cfg, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="ptychostab.runs.sinks"):
+        _run(_cfg(make_cfg), tmp_path / "r")
+    lines = [r.getMessage() for r in caplog.records if r.name == "ptychostab.runs.sinks"]
+    assert len([line for line in lines if line.startswith("epoch ")]) == 3
+    assert "epoch 3/3: train" in lines[-1] and "steps/s, ETA 0:00" in lines[-1]
+    assert "step 12/12" in lines[-1] and "\r" not in "".join(lines)
+
+
+def test_progress_bar_on_a_terminal(make_cfg, tmp_path, monkeypatch):
+    tty = io.StringIO()
+    tty.isatty = lambda: True
+    monkeypatch.setattr("sys.stderr", tty)
+    _run(_cfg(make_cfg, progress="auto", **{"trainer.sync_every": 2}), tmp_path / "r")
+    bar = tty.getvalue()
+    assert "12/12" in bar and "epoch=3/3" in bar and "loss=" in bar and "gnorm=" in bar
+
+
+def test_knobs_are_run_only(make_cfg):
+    from ptychostab.sweep import identity
+
+    base = _cfg(make_cfg)
+    other = _cfg(make_cfg, every=0, logger={"csv": {}}, progress="none")
+    other.trainer.log_every_n_steps = 100
+    assert identity.identity_config(OmegaConf.to_container(base)) == identity.identity_config(
+        OmegaConf.to_container(other))
