@@ -30,10 +30,12 @@ OUT ?= outputs# output root: runs land in $(OUT)/<sweep>/<arm_id>/seed=<k>/
 EXP ?=# an experiment of experiments/ (its sweep folder has the same name)
 ARGS ?=# extra Hydra overrides, e.g. ARGS="trainer.max_epochs=20 'seed=range(3)'"
 AGG_ARGS ?=# extra aggregator flags, e.g. AGG_ARGS="--no-plots --control hybrid_norm1.0_d8"
+STATUS_ARGS ?=# extra status flags, e.g. STATUS_ARGS="--watch 30" or "--json" or "--runs"
 
-demo: install ## the README's first job: Stage A's shape on tiny data on CPU (~3 min), then its report
-	$(PY) train.py -m +experiment=demo paths.output_root=$(OUT) $(ARGS)
-	@$(MAKE) --no-print-directory aggregate EXP=demo
+demo: install ## the README's first job: both stages at demonstration scale on CPU (~4 min), then the report
+	$(PY) train.py -m +experiment=demo paths.output_root=$(OUT)/demo $(ARGS)
+	$(PY) train.py -m +experiment=demo_b paths.output_root=$(OUT)/demo $(ARGS)
+	$(PY) -m ptychostab.cli.aggregate $(OUT)/demo/demo_stage_a $(OUT)/demo/demo_stage_b --out $(OUT)/demo --rule conf/decision/demo.yaml $(AGG_ARGS)
 
 plan: install ## dry run: grid, done/failed/to-do, params, memory, time; writes plan.csv (EXP=stage_a)
 	@test -n "$(EXP)" || { echo "usage: make plan EXP=<experiment> [ARGS=...]"; exit 2; }
@@ -75,6 +77,10 @@ aggregate: install ## aggregate sweep folders: runs.csv, summary.csv, report.md,
 	@test -n "$(EXP)" || { echo "usage: make aggregate EXP=<sweep> [EXP=\"stage_a stage_b\"]  (folders $(OUT)/<sweep>)"; exit 2; }
 	$(PY) -m ptychostab.cli.aggregate $(addprefix $(OUT)/,$(EXP)) $(AGG_ARGS)
 
+status: install ## a sweep's state, live: per arm ok/instability/other final/not final, running/queued/dead, ETA (EXP="stage_a stage_b"; STATUS_ARGS=--watch)
+	@test -n "$(EXP)" || { echo "usage: make status EXP=<sweep> [EXP=\"stage_a stage_b\"] [STATUS_ARGS=\"--watch 30\"]  (folders $(OUT)/<sweep>)"; exit 2; }
+	$(PY) -m ptychostab.cli.status $(addprefix $(OUT)/,$(EXP)) $(STATUS_ARGS)
+
 # --- a local SLURM cluster (root; Debian) ---------------------------------------------------
 slurm-up: ## start a single-node SLURM cluster with accounting here (root; idempotent)
 	bash scripts/slurm_up.sh
@@ -92,5 +98,5 @@ clean: ## remove caches and stray Lightning/Hydra folders (never outputs/ or .ca
 	rm -rf .pytest_cache .ruff_cache multirun lightning_logs
 	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install test demo plan stage-a clip-sweep stage-b aggregate slurm-up slurm-down \
+.PHONY: help install test demo plan stage-a clip-sweep stage-b aggregate status slurm-up slurm-down \
 	test-slurm test-slow clean

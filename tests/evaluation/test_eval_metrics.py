@@ -140,3 +140,33 @@ def test_match_gauge_removes_scale_and_global_phase():
     truth = (1 + rng.random((16, 16))) * np.exp(1j * rng.uniform(-1, 1, (16, 16)))
     shown = match_gauge(3.0 * np.exp(1j * 2.5) * truth, truth)
     np.testing.assert_allclose(shown, truth, rtol=1e-5, atol=1e-5)
+
+
+def test_ssim_uses_the_truths_data_range_not_a_fixed_one():
+    """Amplitude SSIM uses the truth's own range (max - min); phase SSIM the full phase range
+    (2 pi, i.e. 1 on (phi + pi) / (2 pi)). A fixed range of 1.0 on either gives other numbers."""
+    from skimage.metrics import structural_similarity
+
+    from ptychostab.evaluation.metrics import align, evaluate
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:48, 0:48] / 48.0
+    amp = 1.0 + 0.1 * np.sin(6 * x) * np.cos(5 * y)  # range ~0.2, far from 1.0
+    phase = 0.3 * np.sin(4 * y) + 0.2 * x
+    truth = amp * np.exp(1j * phase)
+    pred = (amp + 0.01 * rng.standard_normal(amp.shape)) * np.exp(
+        1j * (phase + 0.05 * rng.standard_normal(amp.shape)))
+    got = evaluate(pred, truth)
+    al = align(pred, truth, 2)
+    a_t, a_p, p_t, p_p = al["amp_true"], al["amp_pred"], al["phase_true"], al["phase_pred"]
+    want_amp = structural_similarity(a_t, a_p, data_range=float(a_t.max() - a_t.min()))
+    fixed_amp = structural_similarity(a_t, a_p, data_range=1.0)
+    assert got["amp_ssim"] == pytest.approx(want_amp, abs=1e-12)
+    assert abs(want_amp - fixed_amp) > 0.05
+    def norm(v):
+        return (v + np.pi) / (2 * np.pi)
+
+    want_ph = structural_similarity(norm(p_t), norm(p_p), data_range=1.0)
+    fixed_ph = structural_similarity(p_t, p_p, data_range=1.0)
+    assert got["phase_ssim"] == pytest.approx(want_ph, abs=1e-6)
+    assert abs(want_ph - fixed_ph) > 0.05

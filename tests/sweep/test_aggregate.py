@@ -44,8 +44,8 @@ def _arm(summary, stage, label):
 def test_summary_numbers(study):
     r = aggregate(list(study), write=False, plots=False)
     c = _arm(r.summary, "A", "hybrid")
-    assert (c["n_planned"], c["n_done"], c["n_ok"], c["n_failed"]) == (9, 8, 6, 2)
-    assert (c["n_nonfinite"], c["n_diverged"], c["n_missing"], c["n_incomplete"]) == (1, 1, 1, 1)
+    assert (c["n_planned"], c["n_done"], c["n_ok"], c["n_instability"]) == (9, 8, 6, 2)
+    assert (c["n_nonfinite"], c["n_diverged"], c["n_missing"], c["n_unsettled"]) == (1, 1, 1, 1)
     assert c["failure_rate"] == 2 / 8
     assert (c["failure_rate_lo"], c["failure_rate_hi"]) == stats.wilson_interval(2, 8)
     x = np.array(CONTROL_LOSSES)
@@ -62,9 +62,16 @@ def test_summary_numbers(study):
     assert s["control_arm"] == "hybrid" and np.isnan(c["rel_change"])
     deep = _arm(r.summary, "B", "hybrid")
     # failures at epochs 10, 12, 14 (seeds 0, 2, 4), ok censored at 50: S = .8, .6, .4
-    assert deep["km_median_epoch"] == 14 and deep["km_survival_final"] == pytest.approx(0.4)
-    assert deep["n_oom"] == 1 and deep["km_median_s"] == 143.0
-    assert r.decision.outcome == "incomplete" and r.decision.provisional == "gold"
+    # failures at epochs 10, 12 (seeds 0, 2); the oom run (seed 4) is censored, not an event
+    assert deep["failure_rate"] == 2 / 4 and deep["n_oom"] == 1 and deep["n_unsettled"] == 1
+    assert deep["unsettled_runs"] == "seed=4 (oom)"
+    # S = .8 after epoch 10, .6 after 12 (oom censored at 14): the median is not reached
+    assert np.isnan(deep["km_median_epoch"]) and np.isnan(deep["km_median_s"])
+    assert deep["km_survival_final"] == pytest.approx(0.6)
+    ci = stats.order_statistic_median_ci(x)
+    assert (c["best_val_loss_os_lo"], c["best_val_loss_os_hi"]) == (ci.lo, ci.hi)
+    assert c["best_val_loss_os_coverage"] == pytest.approx(1 - 2 / 64)
+    assert r.decision.outcome == "INCOMPLETE" and r.decision.provisional == "SILVER or PIVOT"
 
 
 def test_runs_table_has_every_planned_run(study):
@@ -81,6 +88,7 @@ def test_writes_files_and_plots(study, tmp_path):
     r = aggregate([study[0]], out_dir=out)  # one sweep: plots are the slow part
     names = sorted(p.relative_to(out).as_posix() for p in r.files)
     kinds = ("failure_rate", "grad_norm", "metrics", "recon", "survival", "val_loss")
+    assert r.decision.outcome == "INCOMPLETE"
     assert names == sorted(["report.md", "runs.csv", "summary.csv",
                             *(f"plots/stage_a_{k}.png" for k in kinds)])
     assert all(p.stat().st_size > 1000 for p in r.files if p.suffix == ".png")
@@ -105,7 +113,7 @@ def test_cli_single_stage_says_what_is_missing(study, capsys):
     a, _ = study
     assert main([str(a), "--no-plots"]) == 0
     out = capsys.readouterr().out
-    assert "decision: INCOMPLETE" in out and "missing: Stage B: no records" in out
+    assert "decision: INCOMPLETE" in out and "to run: Stage B: no records" in out
     assert (a / "report.md").exists() and (a / "summary.csv").exists()
     assert not (a / "plots").exists()
 
@@ -130,7 +138,7 @@ def test_cli_errors(tmp_path, capsys):
 def test_empty_sweep_folder_does_not_crash(tmp_path):
     (tmp_path / "stage_a").mkdir()
     r = aggregate([tmp_path / "stage_a"], plots=True)
-    assert r.runs.empty and r.decision.outcome == "incomplete"
+    assert r.runs.empty and r.decision.outcome == "INCOMPLETE"
     assert "no runs found" in r.report
     assert (tmp_path / "stage_a" / "report.md").exists()
 
@@ -138,23 +146,25 @@ def test_empty_sweep_folder_does_not_crash(tmp_path):
 def test_one_folder_with_both_depths_and_control_override(tmp_path, factory):
     d = tmp_path / "depth_study"
     for depth in (4, 8):
-        factory.write_arm(d, factory.at_depth(factory.CONTROL, depth), ["nonfinite", 0.02, 0.02])
+        factory.write_arm(d, factory.at_depth(factory.CONTROL, depth),
+                          ["nonfinite", 0.02, 0.02, 0.02])
         factory.write_arm(d, factory.at_depth(factory.ARCH_FIX, depth), [0.01, 0.01, 0.01])
         factory.write_arm(d, factory.at_depth(factory.OPT_FIX, depth), [0.03, 0.03, 0.03])
     r = aggregate([d], write=False, plots=False)
     assert sorted(r.summary["stage"]) == ["A", "A", "A", "B", "B", "B"]
-    assert r.decision.outcome == "gold"
+    assert r.decision.outcome == "GOLD"
     r = aggregate([d], write=False, plots=False, control="nothing_like_it")
-    assert r.decision.outcome == "incomplete" and r.decision.missing[0] == (
+    assert r.decision.outcome == "INCOMPLETE" and r.decision.to_run[0] == (
         "Stage A: no arm for role control (label or arm_id in nothing_like_it)")
     deep_id = factory.arm_id_of(factory.at_depth(factory.CONTROL, 8))
     agc_id = factory.arm_id_of(factory.OPT_FIX)
     r = aggregate([d], write=False, plots=False, control=f"{agc_id}, {deep_id}")
     assert r.decision.roles["A"] == {"control": "hybrid+agc0.01", "arch_fix": "stable_hybrid"}
     assert r.decision.roles["B"]["control"] == "hybrid"  # the deep control, by arm_id
-    assert r.decision.outcome == "incomplete"
-    assert r.decision.missing == ["Stage A: role opt_fix (arch=hybrid, clip=agc): arm "
-                                  "'hybrid+agc0.01' already plays control"]
+    assert r.decision.outcome == "GOLD"  # GOLD does not depend on the opt fix's role
+    assert r.decision.notes[-1:] == [
+        "not needed for this outcome: Stage A: role opt_fix (arch=hybrid, clip=agc): arm "
+        "'hybrid+agc0.01' already plays control"]
 
 
 def test_module_entry_point_and_no_training_imports(study, tmp_path):

@@ -33,7 +33,7 @@ def test_one_row_per_planned_run_including_missing(sweep, factory):
     counts = c.runs["status"].value_counts().to_dict()
     assert counts == {"ok": 6, "nonfinite": 1, "diverged": 1, "missing": 1}
     missing = _row(c.runs, factory.arm_id_of(factory.CONTROL), 2)
-    assert missing["category"] == "incomplete" and not missing["started"]
+    assert missing["category"] == "not final" and not missing["started"]
     assert missing["problem"] == "planned, no run folder"
     assert missing["arm_label"] == "hybrid" and missing["arch"] == "hybrid"  # from siblings
     assert c.runs["in_plan"].all() and c.problems == []
@@ -49,7 +49,7 @@ def test_fields_of_ok_and_failed_runs(sweep, factory):
     assert ok["git_commit"] == "c0ffee0" and ok["git_dirty"] is False
     assert ok["val_loss_name"] == "mae_val_loss" and ok["params_real"] == 1006
     bad = _row(runs, factory.arm_id_of(factory.OPT_FIX), 1)  # diverged at epoch 11
-    assert bad["category"] == "failed" and bad["failure_kind"] == "diverged"
+    assert bad["category"] == "instability" and bad["failure_kind"] == "diverged"
     assert (bad["failure_epoch"], bad["failure_step"], bad["failure_wall_s"]) == (11, 1107, 113)
     assert (bad["event"], bad["tte_epoch"], bad["tte_s"]) == (True, 11, 113.0)
     assert math.isnan(bad["best_val_loss"])
@@ -83,7 +83,7 @@ def test_damaged_records_are_counted_not_dropped(tmp_path, factory):
     assert st[4]["status"] == "missing" and st[4]["problem"] == "empty run folder"
     assert st[5]["status"] == "ok" and "corrupt manifest.json" in st[5]["problem"]
     assert st[5]["best_val_loss"] == 0.5 and st[5]["arch"] == "hybrid"  # result's arm copy
-    assert set(runs["category"]) == {"corrupt", "incomplete", "ok"}
+    assert set(runs["category"]) == {"not final", "ok"}
 
 
 def test_without_plan_the_records_are_the_plan(tmp_path, factory):
@@ -106,7 +106,7 @@ def test_timeout_is_incomplete_and_censored(tmp_path, factory):
     run = factory.write_run(d, factory.CONTROL, 0, "timeout", fail_epoch=None, epochs=30)
     row = read_run(run)
     assert row["status"] == "timeout" and not row["event"]
-    assert collect([d]).runs.iloc[0]["category"] == "incomplete"
+    assert collect([d]).runs.iloc[0]["category"] == "not final"
 
 
 def test_empty_and_absent_folders(tmp_path):

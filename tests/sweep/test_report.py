@@ -45,10 +45,12 @@ def test_golden_report(tmp_path, factory):
 def test_golden_report_content_is_what_the_study_needs():
     text = GOLDEN.read_text()
     assert "## Decision: **INCOMPLETE**" in text
-    assert "on the finished runs: gold" in text
-    assert "Stage A arch_fix 'stable_hybrid': 1 of 4 planned runs unfinished (1 missing)" in text
+    assert "unsettled runs left out): **SILVER or PIVOT**." in text
+    assert "- Stage B: no arm for role opt_fix (arch=hybrid, clip=agc)" in text
+    assert "settle 1 run(s) (seed=3 (corrupt))" in text
     assert "1 corrupt record(s): stage_a/hybrid+agc0.01/seed=3 (corrupt result.json" in text
-    assert "| stable_hybrid | arch_fix | 4 | 3 | 3 | 0 | 1 missing |" in text
+    assert "| stable_hybrid | arch_fix | 4 | 3 | 0 | 0/3 = 0 [0, 0.5615] | 0 | 1 missing |" in text
+    assert "## Definitions" in text and "| yes | yes | yes | fail | fail | **PIVOT** |" in text
 
 
 def test_warnings(tmp_path, factory):

@@ -137,3 +137,14 @@ def test_kaplan_meier_all_fail():
     t, s = stats.kaplan_meier([3, 1, 2, 2], [1, 1, 1, 1])
     assert t.tolist() == [1, 2, 3] and s == pytest.approx([0.75, 0.25, 0.0])
     assert stats.km_median(t, s) == 2.0
+
+
+def test_order_statistic_median_ci_coverage():
+    from ptychostab.sweep.stats import order_statistic_median_ci
+
+    three = order_statistic_median_ci([3.0, 1.0, 2.0])
+    assert three.text().startswith("n/a at 95%")  # [min, max] of 3 is only 75%
+    six = order_statistic_median_ci([6, 5, 4, 3, 2, 1])
+    assert (six.lo, six.hi) == (1.0, 6.0) and six.coverage == pytest.approx(1 - 2 / 64)
+    ten = order_statistic_median_ci(range(10))
+    assert (ten.lo, ten.hi) == (1.0, 8.0) and ten.coverage == pytest.approx(1 - 2 * 11 / 1024)

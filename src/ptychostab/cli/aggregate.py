@@ -3,7 +3,8 @@
 Writes ``runs.csv``, ``summary.csv``, ``report.md`` and ``plots/`` into the sweep folder (or
 ``--out``), prints the per-arm stability table and the decision. Works on finished, partly
 finished and still-running sweeps. Exit status: 0 on success (whatever the outcome), 2 on a
-usage error (no such folder, bad rule file) or when ``--require-complete`` finds unfinished runs.
+usage error (no sweep or no such folder, bad rule file) or when ``--require-complete``
+finds unfinished runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ptychostab.sweep import decide as dec
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ptychostab.cli.aggregate",
                                 description="Aggregate sweep folders into a study report.")
-    p.add_argument("sweeps", nargs="+", type=Path,
+    p.add_argument("sweeps", nargs="*", type=Path,
                    help="sweep folders (outputs/<sweep>); Stage A and Stage B may be separate")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: the sweep folder; with several, "
@@ -30,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rule", type=Path, default=dec.DEFAULT_RULE,
                    help="decision-rule YAML (default: conf/decision/default.yaml)")
     p.add_argument("--no-plots", action="store_true", help="skip plots/ (faster)")
+    p.add_argument("--print-rule", action="store_true",
+                   help="print the rule as experiments/README.md states it (from --rule) and "
+                        "exit")
     p.add_argument("--require-complete", action="store_true",
                    help="refuse (exit 2, write nothing) if any planned run is unfinished")
     return p.parse_args(argv)
@@ -40,18 +44,28 @@ def _print_summary(result: agg.Aggregate) -> None:
     for _, r in s.iterrows():
         stage = f"stage {r['stage']}" if r["stage"] else "no stage"
         print(f"  [{stage}] {r['arm_label']:<28} {r['role'] or '-':<9} "
-              f"ok {r['n_ok']}/{r['n_planned']}  failed {r['n_failed']}  "
-              f"unfinished {r['n_incomplete']}  failure rate {dec.fmt(r['failure_rate'])}")
+              f"ok {r['n_ok']}/{r['n_planned']}  instability {r['n_instability']}  "
+              f"unsettled {r['n_unsettled']}  failure rate {dec.fmt(r['failure_rate'])}")
     d = result.decision
-    print(f"decision: {d.outcome.upper()} - {d.because}")
-    for m in d.missing:
-        print(f"  missing: {m}")
+    print(f"decision: {d.outcome} - {d.because}")
+    if d.provisional:
+        print(f"  provisional: {d.provisional}")
+    for m in d.to_run:
+        print(f"  to run: {m}")
     for w in result.warnings:
         print(f"  warning: {w}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.print_rule:
+        from ptychostab.sweep.definitions import readme_section
+
+        print(readme_section(dec.load_rule(args.rule)))
+        return 0
+    if not args.sweeps:
+        print("error: give at least one sweep folder", file=sys.stderr)
+        return 2
     absent = [str(d) for d in args.sweeps if not d.is_dir()]
     if absent:
         print(f"error: not a folder: {', '.join(absent)}", file=sys.stderr)

@@ -5,19 +5,22 @@
 (:func:`summarize`), evaluates the decision rule (:mod:`ptychostab.sweep.decide`) and writes
 the outputs. It reads records only; it never imports training code.
 
-Per-arm definitions (``summary.csv``):
+Per-arm definitions (``summary.csv``; :mod:`ptychostab.sweep.definitions` renders them for
+the report):
 
-- ``done = ok + failed`` (final statuses); ``incomplete = timeout + preempted + missing +
-  corrupt`` and is **not** in the failure rate: ``failure_rate = failed / done`` with a 95%
-  Wilson interval. An unfinished run has not had its chance to fail; counting it either way
-  would bias the rate.
-- Metrics: median, q25, q75, IQR over ``ok`` runs only, with a percentile-bootstrap 95%
-  interval of the median (``B = 2000``, seed 0, see :mod:`ptychostab.sweep.stats`).
-- Time to failure: Kaplan-Meier over runs with a known time (failures are events; ok,
-  timeout, preempted and started-but-unfinished runs are censored at their last epoch).
+- Status families as in docs/contracts.md: ``failure_rate = n_instability / n_done`` with
+  ``n_done = n_ok + n_instability`` and a 95% Wilson interval; every other ending
+  (``n_other_final``: oom, exception; ``n_not_final``: infra, timeout, preempted,
+  interrupted, missing, corrupt; together ``n_unsettled``, listed in ``unsettled_runs``) is
+  beside the rate, never inside it.
+- Metrics: median, q25, q75, IQR over ``ok`` runs' finite values, ``<m>_n`` of them; the
+  median's distribution-free order-statistic interval ``<m>_os_lo/hi`` with its actual
+  coverage ``<m>_os_coverage`` (NaN: too few values for the rule's level), and a
+  percentile-bootstrap interval ``<m>_ci_lo/hi`` (``B = 2000``, seed 0).
+- Time to failure: Kaplan-Meier over runs with a known time (instability failures are events;
+  every other run is censored at its last epoch), in epochs and seconds.
 - ``rel_change``: ``median(metric) / median(control's metric) - 1`` of the rule's metric,
-  with a bootstrap 95% interval, against the control arm of the same stage (the same sweep's
-  control when the stage has several).
+  with a bootstrap 95% interval, against the control arm of the same stage.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from ptychostab.sweep import report as rep
 from ptychostab.sweep import stats
 from ptychostab.sweep.collect import Collected, collect
 
-STAGE_ORDER = {"A": 0, "B": 1, "": 2}
-COUNT_STATUSES = (*records.FAILURE_KINDS, "timeout", "preempted", "missing", "corrupt")
+STAGE_ORDER = {"A": 0, "B": 1, "clip": 2, "": 3}
+NOT_OK = tuple(k for k in records.ALL_STATUSES if k != records.OK)
+UNSETTLED = (*records.OTHER_FINAL_KINDS, *records.INCOMPLETE_KINDS, *records.READ_PROBLEMS)
 
 
 @dataclass
@@ -54,15 +58,28 @@ class Aggregate:
 
 # --- per arm ---------------------------------------------------------------------------------
 def _counts(status: np.ndarray) -> dict:
+    """Counts by status and family; failure rate = instability / (ok + instability)."""
     out = {"n_planned": int(status.size), "n_ok": int((status == records.OK).sum())}
-    for kind in COUNT_STATUSES:
+    for kind in NOT_OK:
         out[f"n_{kind}"] = int((status == kind).sum())
-    out["n_failed"] = sum(out[f"n_{k}"] for k in records.FAILURE_KINDS)
-    out["n_done"] = out["n_ok"] + out["n_failed"]
-    out["n_incomplete"] = out["n_planned"] - out["n_done"]
-    lo, hi = stats.wilson_interval(out["n_failed"], out["n_done"])
-    rate = out["n_failed"] / out["n_done"] if out["n_done"] else math.nan
+    out["n_instability"] = sum(out[f"n_{k}"] for k in records.INSTABILITY_KINDS)
+    out["n_other_final"] = sum(out[f"n_{k}"] for k in records.OTHER_FINAL_KINDS)
+    out["n_not_final"] = sum(out[f"n_{k}"] for k in (*records.INCOMPLETE_KINDS,
+                                                       *records.READ_PROBLEMS))
+    out["n_unsettled"] = out["n_other_final"] + out["n_not_final"]
+    out["n_done"] = out["n_ok"] + out["n_instability"]
+    lo, hi = stats.wilson_interval(out["n_instability"], out["n_done"])
+    rate = out["n_instability"] / out["n_done"] if out["n_done"] else math.nan
     out.update(failure_rate=rate, failure_rate_lo=lo, failure_rate_hi=hi)
+    return out
+
+
+def _order_ci(values: np.ndarray, metric_names: list[str], level: float) -> dict:
+    """Order-statistic interval of each metric's median, with its actual coverage."""
+    out = {}
+    for j, m in enumerate(metric_names):
+        ci = stats.order_statistic_median_ci(values[:, j] if values.size else [], level)
+        out.update({f"{m}_os_lo": ci.lo, f"{m}_os_hi": ci.hi, f"{m}_os_coverage": ci.coverage})
     return out
 
 
@@ -116,14 +133,28 @@ class _Columns:
         self.tte_s = runs["tte_s"].to_numpy(dtype=float)
         self.vacuous = _vacuous(runs)
         self.metrics = runs[metric_names].to_numpy(dtype=float)
+        self.seed = runs["seed"].to_numpy(dtype=object)
+        self.grad = {c: runs[c].to_numpy(dtype=float) if c in runs else
+                     np.full(len(runs), np.nan)
+                     for c in ("grad_norm_pre_median", "grad_norm_pre_max")}
+
+
+def _unsettled_runs(seeds: np.ndarray, status: np.ndarray) -> str:
+    """``seed=3 (oom); seed=5 (missing)``: the runs that ended otherwise."""
+    return "; ".join(f"seed={s} ({k})" for s, k in zip(seeds, status, strict=True)
+                     if k in UNSETTLED)
 
 
 def _arm_row(c: _Columns, idx: np.ndarray, metric_names: list[str], reps: int,
-             seed: int) -> dict:
+             seed: int, level: float) -> dict:
     row = {k: v[idx[0]] for k, v in c.ident.items()}
     status = c.status[idx]
     row.update(_counts(status))
+    row["unsettled_runs"] = _unsettled_runs(c.seed[idx], status)
     ok = idx[status == records.OK]
+    finite_max = stats.finite(c.grad["grad_norm_pre_max"][idx])
+    row["grad_norm_pre_median_median"] = stats.spread(c.grad["grad_norm_pre_median"][idx]).median
+    row["grad_norm_pre_max_max"] = float(finite_max.max()) if finite_max.size else math.nan
     names = sorted({str(v) for v in c.val_loss_name[idx] if isinstance(v, str) and v})
     row["val_loss_name"] = ",".join(names)
     row["median_wall_s_ok"] = stats.spread(c.wall_s[ok]).median
@@ -131,6 +162,7 @@ def _arm_row(c: _Columns, idx: np.ndarray, metric_names: list[str], reps: int,
     row["n_phase_vacuous"] = int(c.vacuous[idx].sum())
     row.update(_survival(c.tte_epoch[idx], c.tte_s[idx], c.event[idx]))
     row.update(_metric_stats(c.metrics[ok], metric_names, reps, seed))
+    row.update(_order_ci(c.metrics[ok], metric_names, level))
     return row
 
 
@@ -151,7 +183,8 @@ def summarize(runs: pd.DataFrame, arm_columns: list[str], metric_names: list[str
         return pd.DataFrame(columns=["stage", "sweep", "arm_id", "arm_label", "role"])
     columns = _Columns(runs, arm_columns, metric_names)
     groups = runs.groupby(["stage", "sweep", "arm_id"], sort=False).indices
-    rows = [_arm_row(columns, idx, metric_names, reps, seed) for idx in groups.values()]
+    rows = [_arm_row(columns, idx, metric_names, reps, seed, rule.median_ci_level)
+            for idx in groups.values()]
     summary = _sort_key(pd.DataFrame(rows)).reset_index(drop=True)
     return _add_roles_and_change(summary, runs, rule, control, reps, seed)
 
@@ -168,7 +201,7 @@ def _controls(rows: list[dict], rule, control) -> dict[int, dict]:
     cache: dict[tuple, dict | None] = {}
     out = {}
     for i, r in enumerate(rows):
-        if r["stage"]:
+        if r["stage"] in dec.STAGES:
             c = control_of((r["stage"],)) or control_of((r["stage"], r["sweep"]))
             if c is not None:
                 out[i] = c
@@ -231,10 +264,10 @@ class IncompleteSweepError(RuntimeError):
 
 
 def unfinished_text(runs: pd.DataFrame) -> str | None:
-    """``"k of n planned runs unfinished: ..."``, or None when every run is ok or failed."""
+    """``"k of n planned runs unfinished: ..."``, or None when every run has a final status."""
     if runs.empty:
         return "no runs found"
-    bad = runs[~runs["category"].isin(["ok", "failed"])]
+    bad = runs[runs["category"] == "not final"]
     if bad.empty:
         return None
     kinds = ", ".join(f"{n} {s}" for s, n in sorted(bad["status"].value_counts().items()))
@@ -276,7 +309,8 @@ def aggregate(sweep_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | 
     runs = tag_stages(collected, rule)
     summary = summarize(runs, collected.arm_columns, collected.metric_names, rule, control,
                         reps=reps, seed=seed)
-    decision = dec.decide(summary.to_dict("records"), rule, control)
+    protocols = arm_protocols(runs)
+    decision = dec.decide(summary.to_dict("records"), rule, control, protocols)
     keys = summary[["sweep", "arm_id"]].itertuples(index=False, name=None)
     roles = dict(zip(keys, summary["role"], strict=True))
     run_keys = runs[["sweep", "arm_id"]].itertuples(index=False, name=None)
@@ -284,19 +318,35 @@ def aggregate(sweep_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | 
     warnings = rep.warnings_for(runs, summary, collected.problems, rule)
     out = Path(out_dir) if out_dir else default_out_dir(dirs)
     files: list[Path] = []
+    plot_notes: list[str] = []
     if write and plots:
         from ptychostab.sweep import plots as plotting  # matplotlib only when asked
 
-        files += plotting.make_plots(runs, summary, out / "plots", collected.metric_names,
-                                     rule)
+        made, plot_notes = plotting.make_plots(runs, summary, out / "plots",
+                                               collected.metric_names, rule)
+        files += made
     text = rep.render(runs, summary, decision, warnings, rule,
                       sources=[d.name for d in dirs], metric_names=collected.metric_names,
-                      plots=[p.relative_to(out).as_posix() for p in files], reps=reps, seed=seed)
+                      plots=[p.relative_to(out).as_posix() for p in files], reps=reps, seed=seed,
+                      out_dir=out, protocols=protocols, plot_notes=plot_notes)
     if write:
         out.mkdir(parents=True, exist_ok=True)
-        runs.drop(columns=["_path"]).to_csv(out / "runs.csv", index=False)
+        runs.drop(columns=["_path", "_protocol"]).to_csv(out / "runs.csv", index=False)
         summary.to_csv(out / "summary.csv", index=False)
         records.atomic_write_text(out / "report.md", text)
         files = [out / "runs.csv", out / "summary.csv", out / "report.md", *files]
     return Aggregate(runs, summary, decision, warnings, text, files, collected.metric_names,
                      collected.arm_columns)
+
+
+def arm_protocols(runs: pd.DataFrame) -> dict[tuple[str, str, str], dict | None]:
+    """``(stage, sweep, arm_id) ->`` the first readable manifest's flattened identity config."""
+    out: dict[tuple[str, str, str], dict | None] = {}
+    if runs.empty:
+        return out
+    for key, proto in zip(runs[["stage", "sweep", "arm_id"]].itertuples(index=False, name=None),
+                          runs["_protocol"], strict=True):
+        key = tuple(str(k) for k in key)
+        if out.get(key) is None:
+            out[key] = proto if isinstance(proto, dict) else None
+    return out

@@ -20,9 +20,11 @@ from ``plan.csv`` get ``in_plan = False``. Without ``plan.csv`` the plan is the 
 found. Arm columns: the manifest's ``arm`` dict (first run of the arm that has one), completed by
 the plan's extra columns (the dry run's estimates and stale ``status`` are ignored).
 
-Time to failure (for Kaplan-Meier) is measured in completed epochs: a failure's ``epoch`` is the
-0-based index of the epoch it happened in (= epochs completed before it) and ``event`` is true;
-ok, timeout and preempted runs are censored at ``epochs_completed``; a started run with no result
+``category`` is the status family (``ok``, ``instability``, ``other final``, ``not final``).
+Time to failure (for Kaplan-Meier) is measured in completed epochs: an instability failure's
+``epoch`` is the 0-based index of the epoch it happened in (= epochs completed before it) and
+``event`` is true; every other run (ok, oom, exception, timeout, ...) is censored at
+``epochs_completed``; a started run with no result
 is censored at the number of rows in its ``history.csv``. Seconds follow the same rule
 (``failure.wall_s``, else ``wall_s``).
 """
@@ -39,13 +41,14 @@ from typing import Any
 import pandas as pd
 
 from ptychostab.runs import records
+from ptychostab.sweep.protocol import protocol_of
 
 PLAN = "plan.csv"
 SEED_PREFIX = "seed="
 
-CATEGORY = {records.OK: "ok", "corrupt": "corrupt",
-            **{k: "failed" for k in records.FAILURE_KINDS},
-            **{k: "incomplete" for k in records.INCOMPLETE_KINDS}}
+#: status -> ``category`` column: the status family of docs/contracts.md (word for word)
+CATEGORY = {s: records.family(s) for s in records.ALL_STATUSES}
+RUN_LOG = "run.log"  # the job's own per-run log (docs/contracts.md, Run records)
 
 # Metrics in this order first; any other numeric key of result["metrics"] follows, sorted.
 KNOWN_METRICS = ("best_val_loss", "final_val_loss", "amp_ssim", "phase_ssim", "amp_mae",
@@ -69,7 +72,7 @@ RUN_COLUMNS = (
 TAIL_COLUMNS = (
     "params_real", "params_numel", "peak_memory_bytes",
     "git_commit", "git_dirty", "set_phi", "phase_truth_constant", "overrides",
-    "run_dir", "source",
+    "run_dir", "source", "log",
 )
 
 
@@ -207,8 +210,8 @@ def _from_result(row: dict, res: dict) -> None:
     best = res.get("metrics_best") if isinstance(res.get("metrics_best"), dict) else {}
     row["_best"] = {k: _num(v) for k, v in best.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    # survival time
-    failed = status in records.FAILURE_KINDS
+    # survival time: only instability is an event; every other ending is censored
+    failed = records.is_instability(status)
     row["event"] = failed
     epoch = row["failure_epoch"] if failed else math.nan
     row["tte_epoch"] = epoch if math.isfinite(epoch) else row["epochs_completed"]
@@ -230,6 +233,7 @@ def _from_manifest(row: dict, man: dict) -> None:
     row["git_commit"] = git.get("commit")
     row["git_dirty"] = git.get("dirty")
     row["set_phi"] = _dig(man, "config", "data", "set_phi")
+    row["_protocol"] = protocol_of(man.get("config"))
     depth = _dig(man, "config", "depth")
     if depth is None:
         depth = _dig(man, "config", "arch", "fno_blocks")
@@ -271,6 +275,7 @@ def read_run(run_dir: Path | None) -> dict:
         row["status"] = "corrupt"
         problems.append(res.problem)
     row["problem"] = "; ".join(problems)
+    row["log"] = RUN_LOG if (run_dir / RUN_LOG).is_file() else ""
     return row
 
 
@@ -384,9 +389,11 @@ def collect(sweep_dirs: list[str | os.PathLike]) -> Collected:
             out[col] = row.get(col)
         out["category"] = CATEGORY[out["status"]]
         out["_path"] = row.get("_path")
+        out["_protocol"] = row.get("_protocol")
         table.append(out)
     columns = [*ID_COLUMNS, *arm_columns, *RUN_COLUMNS, *metric_names,
-               *(BEST_PREFIX + m for m in metric_names), *grad_names, *TAIL_COLUMNS, "_path"]
+               *(BEST_PREFIX + m for m in metric_names), *grad_names, *TAIL_COLUMNS,
+               "_path", "_protocol"]
     runs = pd.DataFrame(table, columns=columns)
     return Collected(runs=runs, arm_columns=arm_columns, metric_names=metric_names,
                      problems=problems)

@@ -1,485 +1,387 @@
-"""The study's decision rule (strategy section 5), evaluated from per-arm summaries.
+"""The study's verdict (strategy section 5) as a table of gate verdicts.
 
-Inputs are summary rows (dicts, one per arm, as written to ``summary.csv``) carrying ``stage``,
-``arm_id``, ``arm_label``, the arm fields, the counts ``n_planned, n_done, n_ok, n_failed,
-n_nonfinite, n_missing, n_timeout, n_preempted, n_corrupt`` and ``<metric>_median``. Thresholds
-come from a YAML file (``conf/decision/default.yaml``) loaded into :class:`DecisionRule`.
-
-The walk (only what an outcome needs is required):
-
-1. Stage A needs the control, arch_fix and opt_fix arms.
-2. Arch fix passes Stage A -> Stage B needs control and arch_fix; passing there is **gold**.
-3. Otherwise, opt fix passes Stage A -> Stage B needs control and opt_fix; passing there is
-   **silver**, failing is **pivot**.
-4. Opt fix fails Stage A (and gold is out) -> **pivot**: no fix qualifies.
-5. An input that is needed and absent (or, with ``require_complete``, has unfinished runs)
-   -> **incomplete**, listing exactly what is missing; the verdict on the finished runs is
-   given as ``provisional``.
-
-Comparisons: failure rate = failed / done (done = ok + failed; unfinished runs are not in the
-denominator). Against the control a candidate must be strictly lower when
-``strictly_lower_failure_rate`` (ties with other arms are allowed: "lowest" includes ties).
-A median is trusted only with ``min_successful_seeds`` ok runs: a candidate below it fails its
-loss check; a comparator below it is skipped (an arm that never succeeds cannot be beaten on
-loss); a control below it makes the opt fix's loss regression unmeasurable, which passes (noted).
+1. Per stage, the arms playing control / arch_fix / opt_fix are found (:mod:`.rule`) and read
+   into :class:`~ptychostab.sweep.gates.Arm` (counts and trusted medians).
+2. The gates (:mod:`.gates`, each pass / fail / neutral / untestable) are evaluated for both
+   fixes; each fix's gates combine into one verdict (:func:`.gates.combine`).
+3. :data:`OUTCOME_TABLE` maps (both stages present, protocol shared, control failed
+   somewhere, GOLD verdict, SILVER verdict) to the outcome: first matching row wins.
+4. Robustness: the outcome is re-evaluated with each role arm-stage's unsettled runs (every
+   ending but ok and instability) all counted as instability failures or all as successes
+   (at most 2^6 cases). Several outcomes -> INCOMPLETE, naming the runs that settle it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field, replace
 
-import yaml
+from ptychostab.sweep import gates as G
+from ptychostab.sweep import protocol as P
+from ptychostab.sweep.rule import (  # noqa: F401  (re-exported: the aggregator's API)
+    CLIP,
+    DEFAULT_RULE,
+    ROLES,
+    STAGES,
+    DecisionRule,
+    fmt,
+    load_rule,
+    matches,
+    resolve_roles,
+    rule_from_dict,
+    stage_of,
+    values_match,
+)
 
-ROLES = ("control", "arch_fix", "opt_fix")
-STAGES = ("A", "B")
-DEFAULT_RULE = Path(__file__).resolve().parents[3] / "conf" / "decision" / "default.yaml"
-OUTCOMES = ("gold", "silver", "pivot", "incomplete")
-
-
-# --- the rule --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StageSpec:
-    sweep_contains: str
-    depth: int | None
-
-
-@dataclass(frozen=True)
-class ArchFixRule:
-    max_nonfinite: int
-    compare_with: str  # "roles" | "all"
-    strictly_lower_failure_rate: bool
-
-
-@dataclass(frozen=True)
-class OptFixRule:
-    max_median_loss_regression: float
-    strictly_lower_failure_rate: bool
-    max_nonfinite: int | None
-
-
-@dataclass(frozen=True)
-class DecisionRule:
-    """Thresholds and role mapping of the decision rule (see ``conf/decision/default.yaml``)."""
-
-    metric: str
-    min_successful_seeds: int
-    require_complete: bool
-    roles: dict[str, dict[str, Any]]
-    stages: dict[str, StageSpec]
-    arch_fix: ArchFixRule
-    opt_fix: OptFixRule
-
-
-def _build(cls, data: Any, where: str):
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in fields(cls)}
-    unknown, absent = set(data) - names, names - set(data)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed {sorted(names)}")
-    if absent:
-        raise ValueError(f"{where}: missing key(s) {sorted(absent)}")
-    return data
+GOLD, SILVER, PIVOT = "GOLD", "SILVER", "PIVOT"
+NOT_REPRODUCED, INCOMPLETE = "NOT REPRODUCED", "INCOMPLETE"
+OUTCOMES = (GOLD, SILVER, PIVOT, NOT_REPRODUCED, INCOMPLETE)
+MEANING = {  # strategy section 5 and issue 10
+    GOLD: "stable_hybrid becomes the default FNO architecture",
+    SILVER: "AGC becomes the mandatory training policy for FNO models",
+    PIVOT: "neither fix qualifies: investigate LayerScale (explicit depth damping)",
+    NOT_REPRODUCED: "the control never had an instability failure at these depths and epochs: "
+                    "the premise did not appear, no fix is chosen",
+    INCOMPLETE: "not decided yet: see what to run",
+}
+ANY = "*"
+#: (both stages, protocol shared, control failed somewhere, GOLD, SILVER) -> outcome
+OUTCOME_TABLE = (
+    ("no", ANY, ANY, ANY, ANY, INCOMPLETE),
+    ("yes", "no", ANY, ANY, ANY, INCOMPLETE),
+    ("yes", "yes", "unknown", ANY, ANY, INCOMPLETE),
+    ("yes", "yes", "no", ANY, ANY, NOT_REPRODUCED),
+    ("yes", "yes", "yes", G.PASS, ANY, GOLD),
+    ("yes", "yes", "yes", G.UNTESTABLE, ANY, INCOMPLETE),
+    ("yes", "yes", "yes", G.FAIL, G.PASS, SILVER),
+    ("yes", "yes", "yes", G.FAIL, G.UNTESTABLE, INCOMPLETE),
+    ("yes", "yes", "yes", G.FAIL, G.FAIL, PIVOT),
+)
+TABLE_HEADER = ("both stages", "protocol shared", "control failed somewhere",
+                "GOLD gates (arch fix)", "SILVER gates (opt fix)", "outcome")
 
 
-def rule_from_dict(data: dict) -> DecisionRule:
-    """Validate a rule mapping (unknown, missing or malformed keys raise ``ValueError``)."""
-    d = dict(_build(DecisionRule, data, "decision rule"))
-    roles = d["roles"]
-    if not isinstance(roles, dict) or set(roles) != set(ROLES):
-        raise ValueError(f"decision rule: roles must be exactly {list(ROLES)}, got {roles!r}")
-    for name, spec in roles.items():
-        if not isinstance(spec, dict) or not spec:
-            raise ValueError(f"decision rule: roles.{name} must be a non-empty mapping")
-    stages = d["stages"]
-    if not isinstance(stages, dict) or set(stages) != set(STAGES):
-        raise ValueError(f"decision rule: stages must be exactly {list(STAGES)}")
-    d["stages"] = {k: StageSpec(**_build(StageSpec, v, f"stages.{k}")) for k, v in stages.items()}
-    d["arch_fix"] = ArchFixRule(**_build(ArchFixRule, d["arch_fix"], "arch_fix"))
-    d["opt_fix"] = OptFixRule(**_build(OptFixRule, d["opt_fix"], "opt_fix"))
-    if d["arch_fix"].compare_with not in ("roles", "all"):
-        raise ValueError("decision rule: arch_fix.compare_with must be 'roles' or 'all'")
-    if not isinstance(d["min_successful_seeds"], int) or d["min_successful_seeds"] < 1:
-        raise ValueError("decision rule: min_successful_seeds must be an int >= 1")
-    reg = d["opt_fix"].max_median_loss_regression
-    if isinstance(reg, bool) or not isinstance(reg, (int, float)) or reg < 0:
-        raise ValueError("decision rule: opt_fix.max_median_loss_regression must be >= 0")
-    return DecisionRule(**d)
+def outcome_of(both: str, shared: str, control_failed: str, gold: str, silver: str) -> str:
+    """The first row of :data:`OUTCOME_TABLE` that matches."""
+    key = (both, shared, control_failed, gold, silver)
+    for row in OUTCOME_TABLE:
+        if all(want in (ANY, have) for want, have in zip(row[:5], key, strict=True)):
+            return row[5]
+    raise AssertionError(f"no outcome row for {key}")  # the table is total
 
 
-def load_rule(path: str | Path = DEFAULT_RULE) -> DecisionRule:
-    """Read and validate a decision-rule YAML file."""
-    with open(path, encoding="utf-8") as fh:
-        return rule_from_dict(yaml.safe_load(fh))
+def possible_outcomes(control_failed: str, gold: str, silver: str) -> list[str]:
+    """Outcomes reachable when every unknown input is resolved either way (stages present,
+    protocol shared)."""
+    cf = ["yes", "no"] if control_failed == "unknown" else [control_failed]
+    gv = [G.PASS, G.FAIL] if gold == G.UNTESTABLE else [gold]
+    sv = [G.PASS, G.FAIL] if silver == G.UNTESTABLE else [silver]
+    found = {outcome_of("yes", "yes", c, g, s) for c in cf for g in gv for s in sv}
+    return [o for o in OUTCOMES if o in found]
 
 
-# --- stages and roles ------------------------------------------------------------------------
-def stage_of(sweep: str | None, depth: Any, rule: DecisionRule) -> str:
-    """``"A"``/``"B"`` by sweep name (contains the stage's text), else by depth; else ``""``."""
-    name = (sweep or "").lower()
-    for stage, spec in rule.stages.items():
-        if spec.sweep_contains and spec.sweep_contains.lower() in name:
-            return stage
-    for stage, spec in rule.stages.items():
-        if spec.depth is not None and values_match(depth, spec.depth):
-            return stage
-    return ""
-
-
-def _norm(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).strip().lower()
-    try:
-        return float(text)
-    except ValueError:
-        return "none" if text in ("", "null") else text
-
-
-def values_match(a: Any, b: Any) -> bool:
-    """Equal as numbers when both read as numbers, else as lower-case text (null = "none")."""
-    return _norm(a) == _norm(b)
-
-
-def matches(row: dict, spec: dict) -> bool:
-    """True when every ``field: value`` of ``spec`` matches the row (``label`` = ``arm_label``)."""
-    for key, want in spec.items():
-        have = row.get("arm_label" if key == "label" else key, row.get(f"arm_{key}"))
-        if not values_match(have, want):
-            return False
-    return True
-
-
-def control_names(control: str | None) -> set[str]:
-    """``"a,b"`` -> ``{"a", "b"}``: the labels or arm_ids that may play the control."""
-    return {c.strip() for c in (control or "").split(",") if c.strip()}
-
-
-def resolve_roles(rows: list[dict], rule: DecisionRule,
-                  control: str | None = None) -> tuple[dict[str, dict], dict[str, str]]:
-    """Pick the arm of each role among one stage's rows.
-
-    Returns ``(roles, problems)``: ``roles[role]`` is the matching row when exactly one arm
-    matches; ``problems[role]`` says why not otherwise. ``control`` (arm labels or arm_ids,
-    comma-separated, e.g. one per stage) replaces the rule's control spec.
-    """
-    roles, problems = {}, {}
-    names = control_names(control)
-    for role in ROLES:
-        if role == "control" and names:
-            hits = [r for r in rows if {r.get("arm_label"), r.get("arm_id")} & names]
-            spec_text = f"label or arm_id in {','.join(sorted(names))}"
-        else:
-            hits = [r for r in rows if matches(r, rule.roles[role])]
-            spec_text = ", ".join(f"{k}={v}" for k, v in rule.roles[role].items())
-        taken = [k for k, v in roles.items() if hits and v is hits[0]]
-        if len(hits) == 1 and taken:
-            problems[role] = (f"role {role} ({spec_text}): arm '{hits[0].get('arm_label')}' "
-                              f"already plays {taken[0]}")
-        elif len(hits) == 1:
-            roles[role] = hits[0]
-        elif not hits:
-            problems[role] = f"no arm for role {role} ({spec_text})"
-        else:
-            labels = ", ".join(sorted(str(r.get("arm_label")) for r in hits))
-            problems[role] = (f"role {role} ({spec_text}) matches {len(hits)} arms ({labels}); "
-                              "pin it in the rule's roles or with --control")
-    return roles, problems
-
-
-# --- checks ----------------------------------------------------------------------------------
-@dataclass
-class Check:
-    criterion: str
-    passed: bool
-    detail: str
-
-
-@dataclass
-class Verdict:
-    """Whether one fix passes one stage, and the checks (with numbers) that say so."""
-
-    stage: str
-    subject: str  # "arch_fix" | "opt_fix"
-    arm: str
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-
-def fmt(x: Any) -> str:
-    """Four significant digits; ``n/a`` for None/NaN."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    return f"{x:.4g}" if isinstance(x, float) else str(x)
-
-
+# --- reading summary rows --------------------------------------------------------------------
 def _n(row: dict, key: str) -> int:
     v = row.get(key)
     return 0 if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
 
 
-def loss_of(row: dict, rule: DecisionRule) -> float | None:
-    """Median of the rule's metric over ok runs; None when below ``min_successful_seeds``."""
-    med = row.get(f"{rule.metric}_median")
-    if _n(row, "n_ok") < rule.min_successful_seeds or med is None or not math.isfinite(med):
-        return None
-    return float(med)
+def _f(row: dict, key: str) -> float:
+    v = row.get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
-def rate_of(row: dict) -> float | None:
-    """Failure rate failed / done; None with no finished run."""
-    done = _n(row, "n_done")
-    return _n(row, "n_failed") / done if done else None
+def arm_of(row: dict, rule: DecisionRule) -> G.Arm:
+    """The gates' view of one summary row."""
+    runs = row.get("unsettled_runs") or ""
+    return G.Arm(label=str(row.get("arm_label")), stage=str(row.get("stage")),
+                 n_ok=_n(row, "n_ok"), n_instability=_n(row, "n_instability"),
+                 n_nonfinite=_n(row, "n_nonfinite"), n_unsettled=_n(row, "n_unsettled"),
+                 loss_n=_n(row, f"{rule.metric}_n"), loss_median=_f(row, f"{rule.metric}_median"),
+                 ssim_n=_n(row, f"{rule.ssim_metric}_n"),
+                 ssim_median=_f(row, f"{rule.ssim_metric}_median"),
+                 unsettled_runs=tuple(r for r in str(runs).split("; ") if r))
 
 
-def _rate_text(row: dict) -> str:
-    return f"{_n(row, 'n_failed')}/{_n(row, 'n_done')}"
+# --- gates of both fixes ---------------------------------------------------------------------
+Arms = dict[tuple[str, str], G.Arm]  # (stage, role) -> arm; "others" of compare_with=all
 
 
-def _label(row: dict) -> str:
-    return str(row.get("arm_label"))
+def _gate(inputs: list[G.Arm | None], name: str, stage: str, subject: str, build) -> G.Gate:
+    if any(a is None for a in inputs):
+        return G.missing_gate(name, stage, subject, f"no {subject} or control arm in stage "
+                                                    f"{stage}")
+    return build(*inputs)
 
 
-def _compare(value: float, others: list[tuple[dict, float | None]], control: dict,
-             strict_control: bool) -> tuple[bool, list[str]]:
-    """value below each defined other (strictly below the control if asked)."""
-    ok, skipped = True, []
-    for row, other in others:
-        if other is None:
-            skipped.append(_label(row))
-        elif row is control and strict_control:
-            ok &= value < other
-        else:
-            ok &= value <= other
-    return ok, skipped
-
-
-def _loss_check(cand: dict, comps: list[dict], control: dict, rule: DecisionRule,
-                strict: bool) -> Check:
-    name = f"lowest median {rule.metric}"
-    mine = loss_of(cand, rule)
-    if mine is None:
-        return Check(name, False, f"{_n(cand, 'n_ok')} ok runs < {rule.min_successful_seeds}: "
-                                  "median not trusted")
-    others = [(r, loss_of(r, rule)) for r in comps]
-    passed, skipped = _compare(mine, others, control, strict)
-    parts = [f"{fmt(mine)} ({_n(cand, 'n_ok')} ok)"] + [
-        f"{_label(r)} {fmt(v)} ({_n(r, 'n_ok')} ok)" for r, v in others if v is not None]
-    detail = parts[0] + (" vs " + ", ".join(parts[1:]) if parts[1:] else "")
-    if skipped:
-        detail += f"; not compared (< {rule.min_successful_seeds} ok runs): {', '.join(skipped)}"
-    return Check(name, passed, detail)
-
-
-def _rate_check(cand: dict, comps: list[dict], control: dict, strict: bool,
-                name: str) -> Check:
-    mine = rate_of(cand)
-    if mine is None:
-        return Check(name, False, "no finished run")
-    others = [(r, rate_of(r)) for r in comps]
-    passed, skipped = _compare(mine, others, control, strict)
-    detail = f"{_rate_text(cand)} = {fmt(mine)} vs " + ", ".join(
-        f"{_label(r)} {_rate_text(r)} = {fmt(v)}" for r, v in others if v is not None)
-    if skipped:
-        detail += f"; no finished run: {', '.join(skipped)}"
-    if strict:
-        detail += " (strictly below control required)"
-    return Check(name, passed, detail)
-
-
-def _nonfinite_check(row: dict, limit: int) -> Check:
-    n = _n(row, "n_nonfinite")
-    return Check("nonfinite runs", n <= limit, f"{n} nonfinite (limit {limit})")
-
-
-def arch_fix_stage_a(roles: dict[str, dict], rule: DecisionRule,
-                     stage_rows: list[dict] | None = None) -> Verdict:
-    """Arch fix in Stage A: lowest median loss, no NaN runs, lowest failure rate."""
-    cand, control, r = roles["arch_fix"], roles["control"], rule.arch_fix
-    if r.compare_with == "all" and stage_rows is not None:
-        comps = [x for x in stage_rows if x is not cand]
-    else:
-        comps = [x for x in (control, roles.get("opt_fix")) if x is not None]
-    comps = sorted(comps, key=lambda x: x is not control)  # control first
-    return Verdict("A", "arch_fix", _label(cand), [
-        _loss_check(cand, comps, control, rule, strict=True),
-        _nonfinite_check(cand, r.max_nonfinite),
-        _rate_check(cand, comps, control, r.strictly_lower_failure_rate, "lowest failure rate"),
-    ])
-
-
-def arch_fix_stage_b(roles: dict[str, dict], rule: DecisionRule) -> Verdict:
-    """Arch fix in Stage B: failure rate below the deep control's, no NaN runs."""
-    cand, control, r = roles["arch_fix"], roles["control"], rule.arch_fix
-    return Verdict("B", "arch_fix", _label(cand), [
-        _nonfinite_check(cand, r.max_nonfinite),
-        _rate_check(cand, [control], control, r.strictly_lower_failure_rate,
-                    "failure rate below control"),
-    ])
-
-
-def opt_fix_stage(roles: dict[str, dict], rule: DecisionRule, stage: str) -> Verdict:
-    """Opt fix in a stage: failure rate below control, median loss regression within bound."""
-    cand, control, r = roles["opt_fix"], roles["control"], rule.opt_fix
-    checks = [_rate_check(cand, [control], control, r.strictly_lower_failure_rate,
-                          "failure rate below control")]
-    name = f"median {rule.metric} regression <= {fmt(float(r.max_median_loss_regression))}"
-    mine, ref = loss_of(cand, rule), loss_of(control, rule)
-    if mine is None:
-        checks.append(Check(name, False, f"{_n(cand, 'n_ok')} ok runs < "
-                                         f"{rule.min_successful_seeds}: median not trusted"))
-    elif ref is None:
-        checks.append(Check(name, True, f"control has {_n(control, 'n_ok')} ok runs < "
-                                        f"{rule.min_successful_seeds}: regression not measurable"))
-    else:
-        # mine <= ref * (1 + bound) rather than mine / ref - 1 <= bound: exact at the bound
-        passed = mine <= ref * (1.0 + r.max_median_loss_regression)
-        rel = mine / ref - 1.0 if ref else math.inf
-        checks.append(Check(name, passed, f"{fmt(mine)} vs control {fmt(ref)}: {rel:+.1%}"))
-    if r.max_nonfinite is not None:
-        checks.append(_nonfinite_check(cand, r.max_nonfinite))
-    return Verdict(stage, "opt_fix", _label(cand), checks)
-
-
-def evaluate_stage_a(roles: dict[str, dict], rule: DecisionRule,
-                     stage_rows: list[dict] | None = None) -> dict[str, Verdict]:
-    """Both fixes' Stage A verdicts (roles must hold control, arch_fix and opt_fix)."""
-    return {"arch_fix": arch_fix_stage_a(roles, rule, stage_rows),
-            "opt_fix": opt_fix_stage(roles, rule, "A")}
-
-
-def evaluate_stage_b(roles: dict[str, dict], rule: DecisionRule) -> dict[str, Verdict]:
-    """The Stage B verdicts of whichever fixes have an arm there (control required)."""
-    out = {}
-    if "arch_fix" in roles:
-        out["arch_fix"] = arch_fix_stage_b(roles, rule)
-    if "opt_fix" in roles:
-        out["opt_fix"] = opt_fix_stage(roles, rule, "B")
+def gold_gates(arms: Arms, rule: DecisionRule, others: dict[str, list[G.Arm]]) -> list[G.Gate]:
+    """The arch fix's gates: Stage A loss below the control's (and every arm's with
+    compare_with=all), no nonfinite run in either stage, Stage B matches or beats its own
+    Stage A loss and SSIM, failure rate in both stages."""
+    s, m = "arch_fix", rule.min_successful_seeds
+    a, b = arms.get(("A", s)), arms.get(("B", s))
+    ca, cb = arms.get(("A", "control")), arms.get(("B", "control"))
+    out = [_gate([a, ca], "median loss below control", "A", s, lambda x, c: G.loss_gate(
+        x, c, m, 0.0, True, "median loss below control", s))]
+    for other in others.get("A", []):
+        out.append(G.loss_gate(a, other, m, 0.0, True, f"median loss below {other.label}", s))
+    for stage, fix, ctrl in (("A", a, ca), ("B", b, cb)):
+        out.append(_gate([fix], "nonfinite runs", stage, s,
+                         lambda x: G.nonfinite_gate(x, rule.arch_fix.max_nonfinite, s)))
+        out.append(_gate([fix, ctrl], "failure rate", stage, s,
+                         lambda x, c: G.failure_rate_gate(x, c, s)))
+        for other in others.get(stage, []) if fix is not None else []:
+            out.append(replace(G.failure_rate_gate(fix, other, s),
+                               name=f"failure rate vs {other.label}"))
+    for metric in ("loss", "ssim"):
+        out.append(_gate([b, a], f"deep median {metric} vs Stage A", "B", s,
+                         lambda x, y, mt=metric: G.depth_gate(x, y, m, rule.stage_b_tolerance,
+                                                               mt, s)))
     return out
 
 
-# --- the walk --------------------------------------------------------------------------------
+def silver_gates(arms: Arms, rule: DecisionRule) -> list[G.Gate]:
+    """The opt fix's gates, in each stage: failure rate against the control, median loss at
+    most ``max_median_loss_regression`` above the control's (and nonfinite runs if set)."""
+    s, r = "opt_fix", rule.opt_fix
+    out = []
+    for stage in STAGES:
+        fix, ctrl = arms.get((stage, s)), arms.get((stage, "control"))
+        out.append(_gate([fix, ctrl], "failure rate", stage, s,
+                         lambda x, c: G.failure_rate_gate(x, c, s)))
+        out.append(_gate([fix, ctrl], "median loss regression", stage, s,
+                         lambda x, c: G.loss_gate(x, c, rule.min_successful_seeds,
+                                                  r.max_median_loss_regression, False,
+                                                  "median loss regression", s)))
+        if r.max_nonfinite is not None:
+            out.append(_gate([fix], "nonfinite runs", stage, s,
+                             lambda x: G.nonfinite_gate(x, r.max_nonfinite, s)))
+    return out
+
+
+def control_failed(arms: Arms) -> str:
+    """``yes`` if the control had an instability failure in a stage; ``no`` if it has finished
+    runs in both stages and none failed; else ``unknown``."""
+    ctrl = [arms.get((s, "control")) for s in STAGES]
+    if any(c is not None and c.n_instability for c in ctrl):
+        return "yes"
+    if all(c is not None and c.n_done for c in ctrl):
+        return "no"
+    return "unknown"
+
+
+@dataclass
+class Evaluation:
+    outcome: str
+    inputs: tuple[str, str, str, str, str]
+    gates: list[G.Gate]
+    gold: tuple[str, str]
+    silver: tuple[str, str]
+    possible: list[str]
+
+
+def evaluate(arms: Arms, rule: DecisionRule, both_stages: bool, shared: bool,
+             others: dict[str, list[G.Arm]] | None = None) -> Evaluation:
+    """Gates, fix verdicts and the outcome of one assignment of the runs (pure)."""
+    gg, sg = gold_gates(arms, rule, others or {}), silver_gates(arms, rule)
+    gold, silver = G.combine(gg), G.combine(sg)
+    cf = control_failed(arms)
+    inputs = ("yes" if both_stages else "no", "yes" if shared else "no", cf, gold[0], silver[0])
+    return Evaluation(outcome_of(*inputs), inputs, gg + sg, gold, silver,
+                      possible_outcomes(cf, gold[0], silver[0]))
+
+
+# --- protocol --------------------------------------------------------------------------------
+Protocols = dict[tuple[str, str, str], dict | None]  # (stage, sweep, arm_id) -> flat identity
+
+
+def _key(row: dict) -> tuple[str, str, str]:
+    return (str(row.get("stage")), str(row.get("sweep")), str(row.get("arm_id")))
+
+
+def protocol_problems(roles: dict[str, dict[str, dict]], protocols: Protocols,
+                      rule: DecisionRule, stage_rows: dict[str, list[dict]]
+                      ) -> tuple[list[str], list[str]]:
+    """(mismatches, notes): compared arms must agree on the arm identity except
+    :data:`.protocol.ALLOWED_WITHIN_STAGE` (within a stage) and depth (across stages)."""
+    mismatches, notes = [], []
+
+    def check(a: dict, b: dict, allowed: tuple[str, ...], where: str) -> None:
+        pa, pb = protocols.get(_key(a)), protocols.get(_key(b))
+        if pa is None or pb is None:
+            who = a if pa is None else b
+            notes.append(f"{where}: protocol of '{who.get('arm_label')}' unknown (no readable "
+                         "manifest); not checked")
+            return
+        diffs = P.differences(pa, pb, allowed)
+        if diffs:
+            mismatches.append(f"{where}: " + P.describe(diffs, str(a.get("arm_label")),
+                                                        str(b.get("arm_label"))))
+
+    for stage in STAGES:
+        r = roles.get(stage, {})
+        ctrl = r.get("control")
+        if ctrl is None:
+            continue
+        compared = [r[x] for x in ("arch_fix", "opt_fix") if x in r]
+        if rule.compare_with == "all":
+            compared += [x for x in stage_rows.get(stage, []) if x is not ctrl
+                         and x not in compared]
+        for fix in compared:
+            check(ctrl, fix, P.ALLOWED_WITHIN_STAGE,
+                  f"Stage {stage} control vs '{fix.get('arm_label')}'")
+    a, b = roles.get("A", {}).get("arch_fix"), roles.get("B", {}).get("arch_fix")
+    if a is not None and b is not None:
+        check(a, b, P.DEPTH_KEYS, "arch_fix Stage A vs Stage B")
+    return mismatches, notes
+
+
+# --- the decision ----------------------------------------------------------------------------
 @dataclass
 class Decision:
-    outcome: str  # gold | silver | pivot | incomplete
-    because: str  # one sentence
-    verdicts: list[Verdict] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    provisional: str | None = None  # outcome on the finished runs when incomplete
+    outcome: str
+    because: str
+    gates: list[G.Gate] = field(default_factory=list)
+    fixes: dict[str, tuple[str, str]] = field(default_factory=dict)  # fix -> (verdict, why)
+    provisional: str | None = None  # when INCOMPLETE: the outcome(s) still possible
+    to_run: list[str] = field(default_factory=list)  # what settles an INCOMPLETE outcome
     notes: list[str] = field(default_factory=list)
     roles: dict[str, dict[str, str]] = field(default_factory=dict)  # stage -> role -> label
+    mismatches: list[str] = field(default_factory=list)
+    cases: list[tuple[str, str]] = field(default_factory=list)  # (assignment, outcome)
+    inputs: tuple[str, ...] = ()
 
 
-def _unfinished(row: dict) -> str | None:
-    todo = _n(row, "n_planned") - _n(row, "n_done")
-    if todo <= 0:
-        return None
-    kinds = [f"{_n(row, f'n_{k}')} {k}" for k in ("missing", "timeout", "preempted", "corrupt")
-             if _n(row, f"n_{k}")]
-    return f"{todo} of {_n(row, 'n_planned')} planned runs unfinished ({', '.join(kinds)})"
+def retry_command(sweep: str) -> str:
+    return f"python train.py -m +experiment={sweep} retry=[oom,exception]"
 
 
-class _Walk:
-    def __init__(self, by_stage, rule, control, enforce_complete):
-        self.by_stage, self.rule, self.control = by_stage, rule, control
-        self.enforce = enforce_complete
-        self.missing: list[str] = []
-        self.verdicts: list[Verdict] = []
-
-    def need(self, stage: str, wanted: tuple[str, ...]) -> dict[str, dict] | None:
-        rows = self.by_stage.get(stage, [])
-        spec = self.rule.stages[stage]
-        if not rows:
-            self.missing.append(f"Stage {stage}: no records (no sweep named "
-                                f"*{spec.sweep_contains}* and no arm at depth {spec.depth}); "
-                                "needs " + ", ".join(wanted))
-            return None
-        roles, problems = resolve_roles(rows, self.rule, self.control)
-        before = len(self.missing)
-        for role in wanted:
-            if role in problems:
-                self.missing.append(f"Stage {stage}: {problems[role]}")
-            elif not _n(roles[role], "n_done"):
-                self.missing.append(f"Stage {stage} {role} '{_label(roles[role])}': no finished "
-                                    f"run yet ({_n(roles[role], 'n_planned')} planned)")
-            elif self.enforce and (todo := _unfinished(roles[role])):
-                self.missing.append(f"Stage {stage} {role} '{_label(roles[role])}': {todo}")
-        return roles if len(self.missing) == before else None
-
-    def run(self) -> tuple[str | None, str]:
-        a = self.need("A", ROLES)
-        if a is None:
-            return None, ""
-        va = evaluate_stage_a(a, self.rule, self.by_stage["A"])
-        self.verdicts += [va["arch_fix"], va["opt_fix"]]
-        arch_b_failed = False
-        if va["arch_fix"].passed:
-            b = self.need("B", ("control", "arch_fix"))
-            if b is None:
-                return None, ""
-            vb = arch_fix_stage_b(b, self.rule)
-            self.verdicts.append(vb)
-            if vb.passed:
-                return "gold", "the arch fix passes Stage A and Stage B"
-            arch_b_failed = True
-        arch_why = "fails Stage B" if arch_b_failed else "fails Stage A"
-        if not va["opt_fix"].passed:
-            return "pivot", f"the arch fix {arch_why} and the opt fix fails Stage A"
-        b = self.need("B", ("control", "opt_fix"))
-        if b is None:
-            return None, ""
-        vb = opt_fix_stage(b, self.rule, "B")
-        self.verdicts.append(vb)
-        if vb.passed:
-            return "silver", f"the arch fix {arch_why}; the opt fix passes Stage A and Stage B"
-        return "pivot", f"the arch fix {arch_why} and the opt fix fails Stage B"
+def _settle_lines(rows: dict[tuple[str, str], dict], keys: list[tuple[str, str]],
+                  arms: Arms) -> list[str]:
+    out = []
+    for key in keys:
+        row, arm = rows[key], arms[key]
+        runs = ", ".join(arm.unsettled_runs) or f"{arm.n_unsettled} run(s)"
+        line = (f"Stage {key[0]} {key[1]} '{arm.label}': settle {arm.n_unsettled} run(s) "
+                f"({runs}) by rerunning sweep `{row.get('sweep')}` (resumes or retries "
+                "unfinished runs)")
+        if any(k in runs for k in ("(oom", "(exception")):
+            line += f"; final oom/exception runs: `{retry_command(str(row.get('sweep')))}`"
+        out.append(line)
+    return out
 
 
-def _notes(by_stage: dict[str, list[dict]], rule: DecisionRule, control: str | None) -> list[str]:
-    notes = []
-    for stage in STAGES:
-        roles, _ = resolve_roles(by_stage.get(stage, []), rule, control)
-        c = roles.get("control")
-        if c is not None and _n(c, "n_done") and _n(c, "n_failed") == 0:
-            notes.append(f"Stage {stage}: the control '{_label(c)}' never failed "
-                         f"(0/{_n(c, 'n_done')}): no fix can show a lower failure rate there, "
-                         "the instability is not reproduced at this depth.")
-    return notes
+def robustness(arms: Arms, rule: DecisionRule, both: bool, shared: bool,
+               others: dict[str, list[G.Arm]]) -> tuple[list[tuple[str, str]],
+                                                        list[tuple[str, str]]]:
+    """Every extreme assignment of the unsettled runs, per role arm-stage: ``(cases,
+    sensitive keys)``; ``cases`` as ``(assignment text, outcome)``."""
+    keys = sorted(k for k, a in arms.items() if a.n_unsettled)
+    results = {}
+    for bits in itertools.product((True, False), repeat=len(keys)):
+        assigned = dict(arms)
+        for k, bit in zip(keys, bits, strict=True):
+            assigned[k] = arms[k].counted(bit)
+        results[bits] = evaluate(assigned, rule, both, shared, others).outcome
+    sensitive = []
+    for i, k in enumerate(keys):
+        if any(results[b] != results[b[:i] + (not b[i],) + b[i + 1:]] for b in results):
+            sensitive.append(k)
+    cases = [(", ".join(f"{k[0]}/{k[1]} {'failed' if bit else 'ok'}"
+                        for k, bit in zip(keys, b, strict=True)) or "(none unsettled)", o)
+             for b, o in results.items()]
+    return cases, sensitive
 
 
-def decide(rows: list[dict], rule: DecisionRule, control: str | None = None) -> Decision:
-    """Evaluate the decision rule on summary rows (one per arm, with a ``stage`` key)."""
+def _because(ev: Evaluation, arms: Arms) -> str:
+    out = ev.outcome
+    if out == NOT_REPRODUCED:
+        rates = ", ".join(f"Stage {s} {G.rate_text(arms[(s, 'control')])}" for s in STAGES)
+        return ("the control had no instability failure in either stage "
+                f"({rates}): the premise did not appear at these depths and epochs; "
+                "no fix is chosen")
+    arch, opt = f"the arch fix {ev.gold[1]}", f"the opt fix {ev.silver[1]}"
+    return {GOLD: arch, SILVER: f"{arch}; {opt}", PIVOT: f"{arch}; {opt}; the control "
+            "failed somewhere"}.get(out, f"{arch}; {opt}")
+
+
+def decide(rows: list[dict], rule: DecisionRule, control: str | None = None,
+           protocols: Protocols | None = None) -> Decision:
+    """Evaluate the decision rule on summary rows (one per arm, with a ``stage`` key).
+
+    Parameters
+    ----------
+    rows : list of dict
+        Summary rows (``summary.csv``): counts ``n_ok, n_instability, n_nonfinite,
+        n_unsettled``, ``unsettled_runs``, ``<metric>_n``, ``<metric>_median`` and the same
+        for ``rule.ssim_metric``.
+    rule : DecisionRule
+    control : str, optional
+        Arm label(s) or id(s) playing the control (overrides the rule's control role).
+    protocols : dict, optional
+        ``(stage, sweep, arm_id) -> flattened identity config`` (:mod:`.protocol`).
+    """
     by_stage = {s: [r for r in rows if r.get("stage") == s] for s in STAGES}
-    roles = {}
+    roles, arms, keyed, missing = {}, {}, {}, []
     for stage in STAGES:
-        found, _ = resolve_roles(by_stage[stage], rule, control)
-        if found:
-            roles[stage] = {k: _label(v) for k, v in found.items()}
-    walk = _Walk(by_stage, rule, control, rule.require_complete)
-    outcome, because = walk.run()
-    notes = _notes(by_stage, rule, control)
-    if outcome is not None:
-        if not by_stage["B"]:
-            notes.append("Stage B: no records; this outcome does not depend on them "
-                         "(decided by Stage A alone)")
-        return Decision(outcome, because, walk.verdicts, [], None, notes, roles)
-    loose = _Walk(by_stage, rule, control, enforce_complete=False)
-    provisional, why = loose.run()
-    because = "needed inputs are missing or unfinished"
-    if provisional:
-        because += f"; on the finished runs: {provisional} ({why})"
-    missing = walk.missing + [m for m in loose.missing if m not in walk.missing]
-    b_listed = any(m.startswith("Stage B") for m in missing)
-    if provisional is None and not by_stage["B"] and not b_listed:
-        missing.append("Stage B: no records yet (needed unless both fixes fail Stage A)")
-    return Decision("incomplete", because, loose.verdicts, missing, provisional, notes, roles)
+        found, problems = resolve_roles(by_stage[stage], rule, control)
+        roles[stage] = found
+        if not by_stage[stage]:
+            spec = rule.stages[stage]
+            missing.append(f"Stage {stage}: no records (no sweep named *{spec.sweep_contains}*"
+                           f" and no arm at depth {spec.depth}): run control, arch_fix and "
+                           f"opt_fix there, at least {rule.min_successful_seeds} seeds each")
+            continue
+        missing += [f"Stage {stage}: {p}" for p in problems.values()]
+        for role, row in found.items():
+            arms[(stage, role)] = arm_of(row, rule)
+            keyed[(stage, role)] = row
+    others = {}
+    if rule.compare_with == "all":
+        for stage in STAGES:
+            taken = {id(roles[stage][r]) for r in ("control", "arch_fix")
+                     if r in roles[stage]}
+            others[stage] = [arm_of(r, rule) for r in by_stage[stage]
+                             if id(r) not in taken and roles[stage].get("arch_fix")]
+    both = all(by_stage[s] for s in STAGES)
+    mismatches, notes = protocol_problems(roles, protocols or {}, rule, by_stage)
+    shared = not mismatches or rule.allow_protocol_mismatch
+    if mismatches and rule.allow_protocol_mismatch:
+        notes.append("protocol mismatches allowed by the rule's allow_protocol_mismatch "
+                     "switch: " + " | ".join(mismatches))
+    base = evaluate(arms, rule, both, shared, others)
+    d = Decision(base.outcome, _because(base, arms), base.gates,
+                 {"arch_fix": base.gold, "opt_fix": base.silver}, notes=notes,
+                 roles={s: {k: str(v.get("arm_label")) for k, v in r.items()}
+                        for s, r in roles.items() if r},
+                 mismatches=mismatches, inputs=base.inputs)
+    to_run = list(missing)
+    if not shared:
+        to_run += ["protocol differs between compared arms (rerun them with one protocol, or "
+                   "set allow_protocol_mismatch): " + m for m in mismatches]
+    to_run += [f"Stage {g.stage} {g.subject}: {g.name} untestable: {g.reason}"
+               for g in base.gates if g.verdict == G.UNTESTABLE and g.numbers != "-"]
+    if rule.robust_to_unsettled:
+        d.cases, sensitive = robustness(arms, rule, both, shared, others)
+        outcomes = {o for _, o in d.cases} | {base.outcome}
+        if len(outcomes) > 1:
+            to_run += _settle_lines(keyed, sensitive or sorted(
+                k for k, a in arms.items() if a.n_unsettled), arms)
+            d.notes.append("robustness: the outcome changes with how the unsettled runs end ("
+                           + ", ".join(sorted(outcomes)) + ")")
+            d.outcome, d.because = INCOMPLETE, (
+                "the outcome depends on runs that ended otherwise (unsettled); provisional "
+                f"outcome with them left out: {base.outcome} ({_because(base, arms)})")
+        elif any(a.n_unsettled for a in arms.values()):
+            d.notes.append(f"robustness: {len(d.cases)} extreme assignment(s) of the unsettled "
+                           f"runs all give {base.outcome}: it stands")
+    if d.outcome != INCOMPLETE:
+        d.notes += [f"not needed for this outcome: {m}" for m in missing]
+    if d.outcome == INCOMPLETE:
+        d.provisional = " or ".join(base.possible if base.outcome == INCOMPLETE
+                                    else [base.outcome])
+        if base.outcome == INCOMPLETE:
+            d.because = "needed inputs are missing, untestable or not comparable"
+        d.to_run = to_run
+    return d

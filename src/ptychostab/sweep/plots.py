@@ -34,6 +34,7 @@ from ptychostab.sweep.decide import DecisionRule  # noqa: E402
 RECON = "recon.npz"
 MAX_FAILED_LINES = 20  # per arm
 DPI = 110
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _colors(n: int) -> list:
@@ -84,7 +85,7 @@ def plot_curves(runs: pd.DataFrame, arms: pd.DataFrame, loss_path: Path,
     fig_g, ax_g = plt.subplots(figsize=(7, 4.2))
     for color, (_, arm) in zip(_colors(len(arms)), arms.iterrows(), strict=True):
         g = runs[(runs["sweep"] == arm["sweep"]) & (runs["arm_id"] == arm["arm_id"])]
-        ok, failed = g[g["status"] == records.OK], g[g["category"] == "failed"]
+        ok, failed = g[g["status"] == records.OK], g[g["category"] == "instability"]
         hist_ok, hist_failed = _histories(ok), _histories(failed)
         med, q25, q75 = band(epoch_matrix(hist_ok, "val_loss"))
         x = np.arange(med.size)
@@ -97,13 +98,26 @@ def plot_curves(runs: pd.DataFrame, arms: pd.DataFrame, loss_path: Path,
             m, _, _ = band(epoch_matrix(hist_ok + hist_failed, col))
             ax_g.plot(np.arange(m.size), m, color=color, ls=ls,
                       label=arm["arm_label"] if ls == "-" else None)
-    ax_l.set(xlabel="epoch", ylabel="val loss", yscale="log",
+        peak = epoch_matrix(hist_ok + hist_failed, "grad_norm_pre_max")
+        if peak.size and np.isfinite(peak).any():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                top = np.nanmax(np.where(np.isfinite(peak), peak, np.nan), axis=0)
+            ax_g.plot(np.arange(top.size), top, color=color, ls=":", lw=0.9)
+    ax_l.set(xlabel="epoch", ylabel="val loss", yscale=_scale(ax_l),
              title="val loss: median and IQR of ok runs; dotted: failed runs")
-    ax_g.set(xlabel="epoch", ylabel="grad norm (per-epoch median)", yscale="log",
-             title="grad norm, median over runs: pre-clip solid, post-clip dashed")
+    ax_g.set(xlabel="epoch", ylabel="grad norm", yscale=_scale(ax_g),
+             title="grad norm pre-clip: median solid, max dotted; post-clip median dashed")
     _legend(ax_l, len(arms))
     _legend(ax_g, len(arms))
     return [_save(fig_l, loss_path), _save(fig_g, grad_path)]
+
+
+def _scale(ax) -> str:
+    """``log`` when the axes hold positive finite data, else ``linear`` (never raises)."""
+    ys = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()]
+    data = np.concatenate(ys) if ys else np.array([])
+    return "log" if (np.isfinite(data) & (data > 0)).any() else "linear"
 
 
 def plot_failure_rate(arms: pd.DataFrame, path: Path) -> Path:
@@ -112,29 +126,38 @@ def plot_failure_rate(arms: pd.DataFrame, path: Path) -> Path:
     rate = arms["failure_rate"].to_numpy(dtype=float)
     lo = np.clip(np.nan_to_num(rate - arms["failure_rate_lo"].to_numpy(dtype=float)), 0, 1)
     hi = np.clip(np.nan_to_num(arms["failure_rate_hi"].to_numpy(dtype=float) - rate), 0, 1)
-    ax.bar(x, np.nan_to_num(rate), color=_colors(len(arms)), alpha=0.8)
-    ax.errorbar(x, np.nan_to_num(rate), yerr=[lo, hi], fmt="none", ecolor="k", capsize=4)
+    drawn = np.isfinite(rate)  # 0/0 is n/a: no bar, never 0%
+    colors = _colors(len(arms))
+    ax.bar(x[drawn], rate[drawn], color=[colors[i] for i in np.nonzero(drawn)[0]], alpha=0.8)
+    ax.errorbar(x[drawn], rate[drawn], yerr=[lo[drawn], hi[drawn]], fmt="none", ecolor="k",
+                capsize=4)
     for i, (_, r) in enumerate(arms.iterrows()):
-        ax.text(i, 1.02, f"{r['n_failed']}/{r['n_done']}", ha="center", fontsize=7)
+        text = f"{r['n_instability']}/{r['n_done']}" if r["n_done"] else "0/0 n/a"
+        ax.text(i, 1.02, text, ha="center", fontsize=7)
     ax.set_xticks(x, arms["arm_label"], rotation=30, ha="right", fontsize=8)
-    ax.set(ylim=(0, 1.1), ylabel="failure rate (failed / done)",
+    ax.set(ylim=(0, 1.1), ylabel="instability / (ok + instability)",
            title="failure rate, 95% Wilson interval")
     return _save(fig, path)
 
 
 def plot_survival(runs: pd.DataFrame, arms: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
-    for color, (_, arm) in zip(_colors(len(arms)), arms.iterrows(), strict=True):
+    step = 0.012  # vertical offset per arm: coinciding curves stay distinguishable
+    for i, (color, (_, arm)) in enumerate(zip(_colors(len(arms)), arms.iterrows(),
+                                              strict=True)):
         g = runs[(runs["sweep"] == arm["sweep"]) & (runs["arm_id"] == arm["arm_id"])]
         t_all = g["tte_epoch"].to_numpy(dtype=float)
         t, s = stats.kaplan_meier(t_all, g["event"].fillna(False).to_numpy(dtype=bool))
         end = np.nanmax(t_all) if np.isfinite(t_all).any() else 0.0
         xs = np.concatenate([[0.0], t, [max(end, t[-1] if t.size else 0.0)]])
         ys = np.concatenate([[1.0], s, [s[-1] if s.size else 1.0]])
-        ax.step(xs, ys, where="post", color=color, label=arm["arm_label"])
-    ax.set(xlabel="epoch", ylabel="fraction not failed", ylim=(-0.02, 1.05),
-           title="Kaplan-Meier survival (ok runs censored)")
-    _legend(ax, len(arms))
+        off = step * (i - (len(arms) - 1) / 2)
+        ax.step(xs, ys + off, where="post", color=color, marker=MARKERS[i % len(MARKERS)],
+                markevery=max(1, len(xs) - 1), label=f"{arm['arm_label']}")
+    ax.set(xlabel="epoch", ylabel="fraction without instability", ylim=(-0.05, 1.08),
+           title="Kaplan-Meier survival (other endings censored; curves offset slightly)")
+    if len(arms):
+        ax.legend(fontsize=7, loc="lower left", ncol=len(arms), frameon=False)
     return _save(fig, path)
 
 
@@ -213,18 +236,77 @@ def plot_recon(runs: pd.DataFrame, arms: pd.DataFrame, rule: DecisionRule,
     return _save(fig, path, tight=False)
 
 
+def plot_clip_sweep(summary: pd.DataFrame, rule: DecisionRule, path: Path) -> Path | None:
+    """Failure rate and median loss (with their intervals) against the clip value on a log
+    axis; the unclipped Stage A control as the right-most point."""
+    from ptychostab.sweep import clipsweep
+
+    arms = clipsweep.clip_arms(summary)
+    if arms.empty:
+        return None
+    x = pd.to_numeric(arms["clip_value"], errors="coerce").to_numpy(dtype=float)
+    ctrl = clipsweep.stage_a_control(summary)
+    rows = [r for _, r in arms.iterrows()]
+    labels = [f"{v:g}" for v in x]
+    if ctrl is not None:
+        x = np.append(x, np.nanmax(x) * 3 if np.isfinite(x).any() else 1.0)
+        rows.append(ctrl)
+        labels.append("none")
+    m = rule.metric
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for xi, r in zip(x, rows, strict=True):
+        color = "C3" if r is ctrl else "C0"
+        if r["n_done"]:
+            rate = float(r["failure_rate"])
+            a1.errorbar([xi], [rate], yerr=[[rate - r["failure_rate_lo"]],
+                                            [r["failure_rate_hi"] - rate]], fmt="o",
+                        color=color, capsize=3)
+        med = float(r.get(f"{m}_median", np.nan))
+        if np.isfinite(med):
+            lo, hi = r.get(f"{m}_os_lo", np.nan), r.get(f"{m}_os_hi", np.nan)
+            err = [[med - lo], [hi - med]] if np.isfinite(lo) else None
+            a2.errorbar([xi], [med], yerr=err, fmt="s", color=color, capsize=3)
+    for ax, title in ((a1, "failure rate (95% Wilson)"),
+                      (a2, f"median {m} (order-statistic interval)")):
+        ax.set_xscale("log")
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.minorticks_off()
+        ax.set(xlabel="clip value (none: Stage A control)", title=title)
+    a1.set_ylim(-0.05, 1.05)
+    return _save(fig, path)
+
+
+def _safe(notes: list[str], name: str, fn, *args) -> list[Path]:
+    """Run one plot; a plot that cannot be drawn is skipped with a note, never a crash."""
+    try:
+        out = fn(*args)
+    except Exception as err:  # noqa: BLE001  (a report must be written whatever the data)
+        plt.close("all")
+        notes.append(f"{name}: {type(err).__name__}: {err}")
+        return []
+    out = out if isinstance(out, list) else [out]
+    return [p for p in out if p is not None]
+
+
 def make_plots(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path,
-               metric_names: list[str], rule: DecisionRule) -> list[Path]:
-    """Write every plot for every sweep; return the files written."""
+               metric_names: list[str], rule: DecisionRule) -> tuple[list[Path], list[str]]:
+    """Write every plot for every sweep; return the files written and the skipped plots."""
     files: list[Path] = []
+    notes: list[str] = []
     for sweep_name, arms in summary.groupby("sweep", sort=False):
         sweep = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(sweep_name))
         stem = Path(out_dir) / sweep
-        files += plot_curves(runs, arms, stem.with_name(f"{sweep}_val_loss.png"),
-                             stem.with_name(f"{sweep}_grad_norm.png"))
-        files.append(plot_failure_rate(arms, stem.with_name(f"{sweep}_failure_rate.png")))
-        files.append(plot_survival(runs, arms, stem.with_name(f"{sweep}_survival.png")))
-        files.append(plot_metrics(runs, arms, metric_names,
-                                  stem.with_name(f"{sweep}_metrics.png")))
-        files.append(plot_recon(runs, arms, rule, stem.with_name(f"{sweep}_recon.png")))
-    return [f for f in files if f is not None]
+        files += _safe(notes, f"{sweep} curves", plot_curves, runs, arms,
+                       stem.with_name(f"{sweep}_val_loss.png"),
+                       stem.with_name(f"{sweep}_grad_norm.png"))
+        files += _safe(notes, f"{sweep} failure rate", plot_failure_rate, arms,
+                       stem.with_name(f"{sweep}_failure_rate.png"))
+        files += _safe(notes, f"{sweep} survival", plot_survival, runs, arms,
+                       stem.with_name(f"{sweep}_survival.png"))
+        files += _safe(notes, f"{sweep} metrics", plot_metrics, runs, arms, metric_names,
+                       stem.with_name(f"{sweep}_metrics.png"))
+        files += _safe(notes, f"{sweep} recon", plot_recon, runs, arms, rule,
+                       stem.with_name(f"{sweep}_recon.png"))
+    files += _safe(notes, "clip sweep", plot_clip_sweep, summary, rule,
+                   Path(out_dir) / "clip_sweep.png")
+    return files, notes

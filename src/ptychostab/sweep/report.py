@@ -6,22 +6,20 @@ Pure text: no timestamps and no absolute paths, so the same records give the sam
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from ptychostab.runs import records
-from ptychostab.sweep import stats
-from ptychostab.sweep.decide import Decision, DecisionRule, fmt
+from ptychostab.sweep import clipsweep, stats
+from ptychostab.sweep import report_tables as T
+from ptychostab.sweep.decide import MEANING, Decision, DecisionRule
+from ptychostab.sweep.definitions import report_definitions, table
 
-MEANING = {  # strategy section 5
-    "gold": "stable_hybrid becomes the default FNO architecture",
-    "silver": "AGC becomes the mandatory training policy for FNO models",
-    "pivot": "neither fix qualifies: investigate LayerScale (explicit depth damping)",
-    "incomplete": "not decided yet",
-}
 MAX_LISTED = 20  # runs named one by one in a warning before "... and k more"
-STAGE_TITLE = {"A": "Stage A", "B": "Stage B", "": "Unstaged arms"}
+STAGE_TITLE = {"A": "Stage A", "B": "Stage B", "clip": "Clip sweep", "": "Unstaged arms"}
+PROTOCOL_KEYS = (("data.N", "N"), ("data.size", "object px"), ("data.nimgs_train", "train images"),
+                 ("data.nimgs_test", "test images"), ("data.nphotons", "photons"),
+                 ("data.set_phi", "set_phi"), ("trainer.max_epochs", "epochs"),
+                 ("trainer.batch_size", "batch"), ("trainer.lr", "lr"), ("depth", "depth"))
 
 
 # --- warnings --------------------------------------------------------------------------------
@@ -37,7 +35,7 @@ def _run_name(r) -> str:
 
 def _incomplete_warnings(runs: pd.DataFrame) -> list[str]:
     out = []
-    for status in ("missing", "timeout", "preempted"):
+    for status in (*records.OTHER_FINAL_KINDS, *records.INCOMPLETE_KINDS, "missing"):
         sel = runs[runs["status"] == status]
         if len(sel):
             started = int(sel["started"].fillna(False).astype(bool).sum())
@@ -109,159 +107,131 @@ def warnings_for(runs: pd.DataFrame, summary: pd.DataFrame, problems: list[str],
     return out
 
 
-# --- tables ----------------------------------------------------------------------------------
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return lines
+# --- first lines -----------------------------------------------------------------------------
+def _stage_protocol(runs: pd.DataFrame, protocols: dict, stage: str) -> str:
+    g = runs[runs["stage"] == stage]
+    keys = {(str(a), str(b), str(c)) for a, b, c in
+            g[["stage", "sweep", "arm_id"]].itertuples(index=False, name=None)}
+    values: dict[str, set] = {}
+    for key in keys:
+        for k, _ in PROTOCOL_KEYS:
+            if (protocols.get(key) or {}).get(k) is not None:
+                values.setdefault(k, set()).add(str(protocols[key][k]))
+    parts = [f"{label} {'/'.join(sorted(values[k]))}" for k, label in PROTOCOL_KEYS
+             if k in values]
+    seeds = sorted({str(s) for s in g["seed"]}, key=lambda x: (len(x), x))
+    arms = g["arm_label"].nunique()
+    sweeps = ", ".join(f"`{s}`" for s in sorted(g["sweep"].unique()))
+    return (f"- {STAGE_TITLE[stage]} ({sweeps}): {arms} arm(s), seeds {', '.join(seeds)}; "
+            + (", ".join(parts) if parts else "protocol unknown (no readable manifest)"))
 
 
-def _interval(lo, hi) -> str:
-    return f"[{fmt(lo)}, {fmt(hi)}]"
-
-
-def _failed_kinds(r) -> str:
-    parts = [f"{r[f'n_{k}']} {k}" for k in records.FAILURE_KINDS if r.get(f"n_{k}", 0)]
-    return ", ".join(parts) if parts else "0"
-
-
-def _incomplete_kinds(r) -> str:
-    parts = [f"{r[f'n_{k}']} {k}" for k in ("missing", "timeout", "preempted", "corrupt")
-             if r.get(f"n_{k}", 0)]
-    return ", ".join(parts) if parts else "0"
-
-
-def _pct(x) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.1%}"
-
-
-def stability_table(g: pd.DataFrame) -> list[str]:
-    header = ["Arm", "Role", "Planned", "Done", "OK", "Failed", "Incomplete",
-              "Failure rate [95% Wilson]", "KM median epoch", "Survival at end"]
-    rows = [[r["arm_label"], r["role"] or "-", r["n_planned"], r["n_done"], r["n_ok"],
-             _failed_kinds(r), _incomplete_kinds(r),
-             f"{fmt(r['failure_rate'])} {_interval(r['failure_rate_lo'], r['failure_rate_hi'])}",
-             fmt(r["km_median_epoch"]) if math.isfinite(r["km_median_epoch"]) else "not reached",
-             fmt(r["km_survival_final"])]
-            for _, r in g.iterrows()]
-    return _table(header, rows)
-
-
-def _change_cells(r) -> list[str]:
-    if not r["control_arm_id"]:
-        return ["no control", "-"]
-    if r["control_arm_id"] == r["arm_id"] and r["control_sweep"] == r["sweep"]:
-        return ["(control)", "-"]
-    return [_pct(r["rel_change"]), f"[{_pct(r['rel_change_lo'])}, {_pct(r['rel_change_hi'])}]"]
-
-
-def loss_table(g: pd.DataFrame, metric: str) -> list[str]:
-    header = ["Arm", "OK", f"median {metric}", "IQR [q25, q75]", "95% CI of median",
-              "vs control", "95% CI"]
-    rows = []
-    for _, r in g.iterrows():
-        if f"{metric}_median" not in r:
-            continue
-        iqr = f"{fmt(r[f'{metric}_iqr'])} {_interval(r[f'{metric}_q25'], r[f'{metric}_q75'])}"
-        rows.append([r["arm_label"], r[f"{metric}_n"], fmt(r[f"{metric}_median"]), iqr,
-                     _interval(r[f"{metric}_ci_lo"], r[f"{metric}_ci_hi"]),
-                     *_change_cells(r)])
-    return _table(header, rows)
-
-
-def metrics_table(g: pd.DataFrame, metric_names: list[str]) -> list[str]:
-    header = ["Arm", *metric_names]
-    rows = [[r["arm_label"], *(f"{fmt(r[f'{m}_median'])} [{fmt(r[f'{m}_q25'])}, "
-                               f"{fmt(r[f'{m}_q75'])}]" for m in metric_names)]
-            for _, r in g.iterrows()]
-    return _table(header, rows)
-
-
-def decision_section(decision: Decision) -> list[str]:
-    lines = [f"## Decision: **{decision.outcome.upper()}**", "",
-             f"{decision.because[0].upper()}{decision.because[1:]}. "
-             f"Meaning: {MEANING[decision.outcome]}.", ""]
-    if decision.roles:
-        lines += ["Roles: " + "; ".join(
-            f"Stage {s}: " + ", ".join(f"{k} = {v}" for k, v in roles.items())
-            for s, roles in decision.roles.items()), ""]
-    if decision.verdicts:
-        rows = [[f"Stage {v.stage}", v.subject, v.arm, c.criterion,
-                 "pass" if c.passed else "FAIL", c.detail]
-                for v in decision.verdicts for c in v.checks]
-        title = "Checks" + (" (on the finished runs: provisional)" if decision.missing else "")
-        lines += [f"### {title}", ""]
-        lines += _table(["Stage", "Fix", "Arm", "Check", "Result", "Numbers"], rows) + [""]
-    if decision.missing:
-        lines += ["### Missing before the decision holds", ""]
-        lines += [f"- {m}" for m in decision.missing] + [""]
-    if decision.notes:
-        lines += ["### Notes", ""] + [f"- {n}" for n in decision.notes] + [""]
-    return lines
-
-
-def _header(runs: pd.DataFrame, sources: list[str], rule: DecisionRule) -> list[str]:
-    cat = runs["category"].value_counts() if len(runs) else pd.Series(dtype=int)
-    n_ok, n_fail = int(cat.get("ok", 0)), int(cat.get("failed", 0))
-    n_inc = len(runs) - n_ok - n_fail
-    inc = runs[~runs["category"].isin(["ok", "failed"])]["status"].value_counts()
-    inc_text = ", ".join(f"{n} {s}" for s, n in sorted(inc.items()))
-    status = f"**incomplete: {n_inc} unfinished ({inc_text})**" if n_inc else "complete"
+def _header(runs: pd.DataFrame, sources: list[str], rule: DecisionRule, decision: Decision,
+            protocols: dict) -> list[str]:
+    lines = [f"# Study report: {' + '.join(sources)}", ""]
+    if rule.demonstration:
+        lines += ["> **DEMONSTRATION SCALE.** Tiny data, few epochs, a CPU: this report shows "
+                  "the whole protocol at work; its outcome means nothing for the study. Rule "
+                  f"file: `conf/decision/{rule.name}.yaml`.", ""]
+    if rule.allow_protocol_mismatch:
+        used = "; ".join(decision.mismatches) or "none found"
+        lines += [f"> **Protocol mismatches allowed** by the rule switch "
+                  f"`allow_protocol_mismatch: true` (mismatches: {used}).", ""]
+    if not rule.robust_to_unsettled:
+        lines += ["> **Robustness off** (`robust_to_unsettled: false`): unsettled runs are left "
+                  "out of the outcome.", ""]
+    if rule.compare_with != "control":
+        lines += [f"> The arch fix is compared with `{rule.compare_with}` arms of each stage, "
+                  "not only the control.", ""]
+    stages = [s for s in ("A", "B", "clip", "") if len(runs) and (runs["stage"] == s).any()]
+    lines += ["Protocol:", ""] + [_stage_protocol(runs, protocols, s) for s in stages]
+    if not stages:
+        lines.append("- no runs found")
+    fam = runs["category"].value_counts() if len(runs) else pd.Series(dtype=int)
     commits = sorted({str(c)[:10] for c in runs.get("git_commit", pd.Series(dtype=object))
                       .dropna() if c})
-    names = sorted({str(v) for v in runs.get("val_loss_name", pd.Series(dtype=object))
-                    .dropna() if v})
-    return [
-        f"# Study report: {' + '.join(sources)}", "",
-        f"- Sources: {', '.join(f'`{s}`' for s in sources)}",
-        f"- Runs: {len(runs)} planned, {n_ok + n_fail} done ({n_ok} ok, {n_fail} failed); "
-        + status,
-        f"- Decision metric: `{rule.metric}` (val loss: {', '.join(names) or 'n/a'}); "
-        f"successful seeds needed per arm: {rule.min_successful_seeds}",
-        f"- Git commits: {', '.join(commits) or 'unknown'}", "",
-    ]
+    lines += [
+        "", f"- Sources: {', '.join(f'`{s}`' for s in sources)}; rule file "
+        f"`conf/decision/{rule.name}.yaml`",
+        f"- Runs: {len(runs)} planned: " + ", ".join(
+            f"{int(fam.get(f, 0))} {f}" for f in ("ok", "instability", "other final",
+                                                  "not final")),
+        f"- Decision metric: `{rule.metric}`; trusted median: >= {rule.min_successful_seeds} "
+        "finite values",
+        f"- Git commits: {', '.join(commits) or 'unknown'}", ""]
+    return lines
+
+
+# --- the decision ----------------------------------------------------------------------------
+def decision_section(decision: Decision) -> list[str]:
+    d = decision
+    lines = [f"## Decision: **{d.outcome}**", "",
+             f"{d.because[0].upper()}{d.because[1:]}. Meaning: {MEANING[d.outcome]}.", ""]
+    if d.provisional:
+        lines += [f"Provisional outcome (what the finished runs still allow; unsettled runs left "
+                  f"out): **{d.provisional}**.", ""]
+    if d.to_run:
+        lines += ["### What to run to settle it", ""] + [f"- {m}" for m in d.to_run] + [""]
+    if d.roles:
+        lines += ["Roles: " + "; ".join(f"Stage {s}: " + ", ".join(
+            f"{k} = {v}" for k, v in r.items()) for s, r in d.roles.items()), ""]
+    if d.fixes:
+        lines += [f"- GOLD (arch fix): **{v[0]}**: {v[1]}" if k == "arch_fix" else
+                  f"- SILVER (opt fix): **{v[0]}**: {v[1]}" for k, v in d.fixes.items()]
+        lines += [f"- Outcome-table inputs: {', '.join(d.inputs)}", ""]
+    if d.gates:
+        rows = [[f"Stage {g.stage}", g.subject, g.name, g.verdict, g.numbers, g.reason]
+                for g in d.gates]
+        lines += ["### Gates", ""]
+        lines += table(["Stage", "Fix", "Gate", "Verdict", "Numbers", "Reason"], rows) + [""]
+    if d.mismatches:
+        lines += ["### Protocol mismatches", ""] + [f"- {m}" for m in d.mismatches] + [""]
+    if len(d.cases) > 1:
+        lines += ["### Robustness (every extreme assignment of the unsettled runs)", ""]
+        lines += table(["Unsettled runs counted as", "Outcome"], d.cases) + [""]
+    if d.notes:
+        lines += ["### Notes", ""] + [f"- {n}" for n in d.notes] + [""]
+    return lines
+
+
+def stage_section(runs: pd.DataFrame, g: pd.DataFrame, stage: str, rule: DecisionRule,
+                  metric_names: list[str], out_dir) -> list[str]:
+    lines = [f"## {STAGE_TITLE[stage]}", "", "### Stability", ""]
+    lines += T.stability_table(g) + [""]
+    if metric_names:
+        lines += ["### Loss (ok runs' finite values; change vs the stage's control)", ""]
+        lines += T.loss_table(g, rule.metric, rule.median_ci_level) + [""]
+        lines += ["### Metrics: median [q25, q75] over ok runs", ""]
+        lines += T.metrics_table(g, metric_names) + [""]
+    r = runs[runs["stage"] == stage]
+    if len(r):
+        lines += ["### Per-seed evidence (failed runs first)", ""]
+        lines += T.evidence_table(r, out_dir) + [""]
+    return lines
 
 
 def render(runs: pd.DataFrame, summary: pd.DataFrame, decision: Decision,
            warnings: list[str], rule: DecisionRule, sources: list[str],
            metric_names: list[str], plots: list[str] | None = None,
-           reps: int = stats.BOOTSTRAP_REPS, seed: int = stats.BOOTSTRAP_SEED) -> str:
-    """The whole ``report.md`` text."""
-    lines = _header(runs, sources, rule) + decision_section(decision)
+           reps: int = stats.BOOTSTRAP_REPS, seed: int = stats.BOOTSTRAP_SEED,
+           out_dir=None, protocols: dict | None = None,
+           plot_notes: list[str] | None = None) -> str:
+    """The whole ``report.md`` text (run folders relative to ``out_dir``)."""
+    protocols = protocols or {}
+    plots = list(plots or [])
+    lines = _header(runs, sources, rule, decision, protocols) + decision_section(decision)
     for stage in ("A", "B", ""):
         g = summary[summary["stage"] == stage] if len(summary) else summary
-        if not len(g):
-            continue
-        lines += [f"## {STAGE_TITLE[stage]}", "", "### Stability", ""]
-        lines += stability_table(g) + [""]
-        if metric_names:
-            lines += ["### Loss (ok runs; change vs the stage's control, bootstrap CI)", ""]
-            lines += loss_table(g, rule.metric) + [""]
-            lines += ["### Metrics: median [q25, q75] over ok runs", ""]
-            lines += metrics_table(g, metric_names) + [""]
+        if len(g):
+            lines += stage_section(runs, g, stage, rule, metric_names, out_dir)
+    clip_plot = next((p for p in plots if p.endswith("clip_sweep.png")), None)
+    lines += clipsweep.clip_section(runs, summary, rule, protocols, clip_plot)
     lines += ["## Warnings", ""]
     lines += [f"- {w}" for w in warnings] if warnings else ["None."]
     lines += [""]
-    if plots:
-        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
-    lines += [
-        "## Definitions", "",
-        "- done = ok + failed; failure rate = failed / done (timeout, preempted, missing and "
-        "corrupt runs are unfinished and not in the rate), 95% Wilson interval.",
-        f"- Metrics are over ok runs only; median CI: percentile bootstrap, {reps} resamples, "
-        f"seed {seed}; change vs control = median / control median - 1, bootstrap CI "
-        "(unpaired).",
-        "- Kaplan-Meier time to failure in epochs: failures are events at their epoch; ok, "
-        "timeout, preempted and started runs are censored at their last epoch.",
-        "- Stage: " + "; ".join(f"{k} = sweep name containing `{v.sweep_contains}`, else "
-                                f"depth {v.depth}" for k, v in rule.stages.items())
-        + ".",
-        f"- Rule: >= {rule.min_successful_seeds} ok seeds per trusted median; arch fix: at most "
-        f"{rule.arch_fix.max_nonfinite} nonfinite runs, compared with {rule.arch_fix.compare_with}"
-        f", failure rate strictly below control: {rule.arch_fix.strictly_lower_failure_rate}; "
-        f"opt fix: median regression <= {rule.opt_fix.max_median_loss_regression:.0%}, failure "
-        f"rate strictly below control: {rule.opt_fix.strictly_lower_failure_rate}; "
-        f"unfinished runs block the decision: {rule.require_complete}.",
-        "",
-    ]
+    others = [p for p in plots if p != clip_plot]
+    if others or plot_notes:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in others]
+        lines += [f"- skipped: {n}" for n in plot_notes or []] + [""]
+    lines += report_definitions(rule, reps, seed)
     return "\n".join(lines)

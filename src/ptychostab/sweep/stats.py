@@ -291,3 +291,55 @@ def km_final(survival) -> float:
     """Survival probability after the last event (1.0 when nothing failed)."""
     s = np.asarray(survival, dtype=float)
     return float(s[-1]) if s.size else 1.0
+
+
+@dataclass(frozen=True)
+class MedianInterval:
+    """A distribution-free interval for the median: ``[x_(k), x_(n+1-k)]`` of the sorted
+    finite values, with its exact coverage ``1 - 2 P(Binom(n, 1/2) <= k - 1)``.
+
+    ``lo``/``hi``/``coverage`` are NaN when no such interval reaches the asked level (too few
+    values: fewer than 6 at 95%); :meth:`text` then says ``n/a at 95%``.
+    """
+
+    n: int
+    lo: float
+    hi: float
+    coverage: float
+    level: float
+
+    def text(self, fmt=lambda x: f"{x:.4g}") -> str:
+        if not math.isfinite(self.coverage):
+            return f"n/a at {self.level:.0%} (n={self.n})"
+        return f"[{fmt(self.lo)}, {fmt(self.hi)}] ({self.coverage:.1%}, n={self.n})"
+
+
+def order_statistic_median_ci(values, level: float = CONFIDENCE) -> MedianInterval:
+    """The narrowest symmetric order-statistic interval of the median with coverage >= level.
+
+    Parameters
+    ----------
+    values : array_like
+        Sample; non-finite entries are ignored.
+    level : float, default 0.95
+        Wanted coverage (the interval's actual coverage is returned, >= level).
+
+    Returns
+    -------
+    MedianInterval
+        From the binomial distribution (no assumption on the values' distribution).
+    """
+    from scipy.stats import binom
+
+    x = np.sort(finite(values))
+    n = int(x.size)
+    best = None
+    for k in range(1, n // 2 + 1):  # k-th smallest and k-th largest
+        coverage = 1.0 - 2.0 * float(binom.cdf(k - 1, n, 0.5))
+        if coverage < level:
+            break
+        best = (k, coverage)
+    if best is None:
+        return MedianInterval(n, math.nan, math.nan, math.nan, level)
+    k, coverage = best
+    return MedianInterval(n, float(x[k - 1]), float(x[n - k]), coverage, level)
