@@ -61,7 +61,7 @@ def test_drift_series_is_the_largest_last_block_mean(tmp_path):
 
 def test_reading_numbers(tmp_path):
     runs = _runs(tmp_path)
-    runs["run"] = runs["run_dir"].astype(str)
+    runs["run"] = [str(x) for x in runs["run_dir"]]
     acts = drift.load_activations({r: r for r in runs["run"]})
     nums = drift.reading_numbers(runs, acts)
     a = nums[("A", "hybrid_none_d4")]
@@ -96,3 +96,27 @@ def test_section_with_and_without_data(tmp_path):
                                           plots_dir=tmp_path / "plots2"))
     assert "## Activation drift" in empty and "left out" in empty
     assert not (tmp_path / "plots2").exists()
+
+
+def test_the_aggregated_report_carries_the_section(tmp_path, factory):
+    from ptychostab.sweep.aggregate import aggregate
+
+    a = tmp_path / "stage_a"
+    arms = [factory.CONTROL, factory.ARCH_FIX]
+    factory.write_plan(a, [(arm, s) for arm in arms for s in range(3)])
+    factory.write_arm(a, factory.CONTROL, [0.020, 0.022, "nonfinite"])
+    factory.write_arm(a, factory.ARCH_FIX, [0.015, 0.016, 0.014])
+    for s in range(3):
+        _write(a / factory.arm_id_of(factory.CONTROL) / f"seed={s}",
+               lambda e: 0.5 + 0.1 * max(e, 0), range(-1, 4))
+        _write(a / factory.arm_id_of(factory.ARCH_FIX) / f"seed={s}", lambda e: 0.0,
+               range(-1, 4), update=0.0)
+    out = tmp_path / "report"
+    text = aggregate([a], out_dir=out).report
+    assert "## Activation drift (the hypothesis)" in text
+    assert "![drift_epochs](plots/drift_epochs.png)" in text
+    assert (out / "plots" / "drift_depth.png").exists()
+    assert "(stable_hybrid): D at the end +0" in text
+    assert "not measurable (the control ran at one depth only)" in text
+    no_plots = aggregate([a], write=False, plots=False).report
+    assert "## Activation drift" in no_plots and "![drift" not in no_plots

@@ -35,6 +35,7 @@ import pandas as pd
 
 from ptychostab.runs import records
 from ptychostab.sweep import decide as dec
+from ptychostab.sweep import drift
 from ptychostab.sweep import report as rep
 from ptychostab.sweep import stats
 from ptychostab.sweep.collect import Collected, collect
@@ -325,10 +326,13 @@ def aggregate(sweep_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | 
         made, plot_notes = plotting.make_plots(runs, summary, out / "plots",
                                                collected.metric_names, rule)
         files += made
+    drift_lines = drift.drift_section(drift_runs(runs), report_dir=out, plots_dir=out / "plots",
+                                      plots=write and plots)
     text = rep.render(runs, summary, decision, warnings, rule,
                       sources=[d.name for d in dirs], metric_names=collected.metric_names,
                       plots=[p.relative_to(out).as_posix() for p in files], reps=reps, seed=seed,
-                      out_dir=out, protocols=protocols, plot_notes=plot_notes)
+                      out_dir=out, protocols=protocols, plot_notes=plot_notes,
+                      drift_lines=drift_lines)
     if write:
         out.mkdir(parents=True, exist_ok=True)
         runs.drop(columns=["_path", "_protocol"]).to_csv(out / "runs.csv", index=False)
@@ -337,6 +341,19 @@ def aggregate(sweep_dirs: list[str | os.PathLike], out_dir: str | os.PathLike | 
         files = [out / "runs.csv", out / "summary.csv", out / "report.md", *files]
     return Aggregate(runs, summary, decision, warnings, text, files, collected.metric_names,
                      collected.arm_columns)
+
+
+def drift_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The columns :func:`ptychostab.sweep.drift.drift_section` reads, one row per run."""
+    n = len(runs)
+
+    def col(name, default=None):
+        return runs[name].to_numpy() if name in runs else [default] * n
+
+    return pd.DataFrame({"run_dir": col("_path"), "status": col("status"),
+                         "failure_epoch": col("failure_epoch"), "stage": col("stage", ""),
+                         "arm": col("arm_label"), "role": col("role", ""),
+                         "depth": col("depth")})
 
 
 def arm_protocols(runs: pd.DataFrame) -> dict[tuple[str, str, str], dict | None]:

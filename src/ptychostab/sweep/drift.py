@@ -307,8 +307,10 @@ def drift_section(runs: pd.DataFrame, *, report_dir: Path, plots_dir: Path,
     """
     lines = ["## Activation drift (the hypothesis)", ""]
     runs = runs.copy()
-    runs["run"] = runs["run_dir"].astype(str)
-    acts = load_activations({r: Path(r) for r in runs["run"]})
+    # a planned run with no folder has no path (NaN): it has no activations either
+    runs["run"] = [str(x) if isinstance(x, (str, Path)) and str(x) else f"<no folder {i}>"
+                   for i, x in enumerate(runs["run_dir"])]
+    acts = load_activations({r: Path(r) for r in runs["run"] if not r.startswith("<no folder")})
     if acts.empty:
         return lines + ["No run of these sweeps recorded `activations.csv` "
                         "(`diagnostics.every_n_epochs=0`, or runs older than the probe): the "

@@ -215,8 +215,10 @@ def render(runs: pd.DataFrame, summary: pd.DataFrame, decision: Decision,
            metric_names: list[str], plots: list[str] | None = None,
            reps: int = stats.BOOTSTRAP_REPS, seed: int = stats.BOOTSTRAP_SEED,
            out_dir=None, protocols: dict | None = None,
-           plot_notes: list[str] | None = None) -> str:
-    """The whole ``report.md`` text (run folders relative to ``out_dir``)."""
+           plot_notes: list[str] | None = None,
+           drift_lines: list[str] | None = None) -> str:
+    """The whole ``report.md`` text (run folders relative to ``out_dir``); ``drift_lines``:
+    the activation-drift section (:func:`ptychostab.sweep.drift.drift_section`)."""
     protocols = protocols or {}
     plots = list(plots or [])
     lines = _header(runs, sources, rule, decision, protocols) + decision_section(decision)
@@ -224,6 +226,7 @@ def render(runs: pd.DataFrame, summary: pd.DataFrame, decision: Decision,
         g = summary[summary["stage"] == stage] if len(summary) else summary
         if len(g):
             lines += stage_section(runs, g, stage, rule, metric_names, out_dir)
+    lines += list(drift_lines or [])
     clip_plot = next((p for p in plots if p.endswith("clip_sweep.png")), None)
     lines += clipsweep.clip_section(runs, summary, rule, protocols, clip_plot)
     lines += ["## Warnings", ""]
