@@ -19,9 +19,11 @@ config into plain containers (real ``str``) before it reaches training code.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -32,6 +34,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ptychostab.data.spec import DataConfig
+from ptychostab.runs import records as _records
 
 # --- where the project lives ---------------------------------------------------------------------
 # conf/ and experiments/ sit at the repository root, next to src/ (an editable checkout is the
@@ -65,6 +68,7 @@ class Choice(str, Enum):
 class ArchName(Choice):
     hybrid = "hybrid"
     stable_hybrid = "stable_hybrid"
+    stable_hybrid_ls = "stable_hybrid_ls"  # the reference HEAD's block (conf/arch/stable_hybrid_ls)
     layerscale_hybrid = "layerscale_hybrid"
     fno = "fno"
 
@@ -98,6 +102,13 @@ class Accelerator(Choice):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+class Progress(Choice):
+    auto = "auto"
+    bar = "bar"
+    log = "log"
+    none = "none"
 
 
 # --- schemas (one per group; docs/contracts.md lists every field) --------------------------------
@@ -151,6 +162,8 @@ class TrainerConfig:
     sync_every: int = 50
     eval_batch_size: int = 128
     max_data_on_device_gb: float = 8.0
+    progress: Progress = Progress.auto
+    log_every_n_steps: Optional[int] = None  # None: every sync point (= sync_every); 0: off
 
 
 @dataclass
@@ -192,8 +205,11 @@ class ClusterConfig:
     account: Optional[str] = None
     qos: Optional[str] = None
     constraint: Optional[str] = None
+    comment: Optional[str] = None  # sbatch --comment
+    exclude: Optional[str] = None  # sbatch --exclude (nodes to avoid)
     gpus_per_node: Optional[int] = 1
     cpus_per_task: Optional[int] = 4
+    tasks_per_node: int = 1  # one process per job: Lightning must not re-launch itself (no DDP)
     mem_gb: Optional[int] = 32
     timeout_min: int = 240
     signal_delay_s: int = 120  # USR2 this long before the time limit: checkpoint + requeue
@@ -212,6 +228,10 @@ class TrainConfig:
     depth: int = 4
     sweep: str = "default"
     strict: bool = False
+    profile: str = "default"  # the profile group's label (conf/profile/*.yaml set the values)
+    # Final endings a rerun of the sweep trains again (e.g. [oom,exception] after a fix or on
+    # a bigger device); allowed: RETRYABLE. Run-only: not part of the arm id.
+    retry: List[str] = field(default_factory=list)
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)
@@ -225,11 +245,11 @@ class TrainConfig:
 def register_configs() -> None:
     """Put the schemas and the experiment entries into Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
+    # Only the whole schema, outside any group: the group files (conf/<group>/*.yaml) are
+    # merged into its typed nodes, so they are checked against ArchConfig, ClipConfig, ...
+    # without a schema entry in the group (which would be offered as an option: arch=base_arch,
+    # 'arch=glob(*)', --help).
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="data", name="base_data", node=DataConfig)
-    cs.store(group="arch", name="base_arch", node=ArchConfig)
-    cs.store(group="clip", name="base_clip", node=ClipConfig)
-    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
     # `+experiment=<name>` selects experiments/<name>.yaml. Hydra maps a group to a folder of
     # that name under a search-path root; experiments/ is such a root (hydra.searchpath in
     # train.yaml) with its files at the top, so each group entry is a one-line redirect.
@@ -239,9 +259,34 @@ def register_configs() -> None:
 
 
 # --- resolvers -----------------------------------------------------------------------------------
+def job_root(root: Any) -> Any:
+    """The whole composed config behind a resolver's ``_root_``.
+
+    ``--cfg hydra --resolve`` resolves the ``hydra`` node alone (Hydra drops the job's keys);
+    the folders in it (``hydra.run.dir``, ...) are then read from the config Hydra holds."""
+    if isinstance(root, DictConfig) and "paths" not in root:
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            held = HydraConfig.instance().cfg
+            parent = held.hydra._get_parent() if held is not None else None
+            if isinstance(parent, DictConfig) and "paths" in parent:
+                return parent
+        except Exception:
+            pass
+    return root
+
+
+def _job_value(key: str, *, _root_: DictConfig) -> Any:
+    """``${job:<key>}``: a key of the job's config, as ``${<key>}`` (see :func:`job_root`)."""
+    return OmegaConf.select(job_root(_root_), key, throw_on_missing=True)
+
+
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("ptychostab_root"):
         OmegaConf.register_new_resolver("ptychostab_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("job"):
+        OmegaConf.register_new_resolver("job", _job_value)
 
 
 # --- conversion ----------------------------------------------------------------------------------
@@ -269,6 +314,153 @@ def _escape(obj: Any) -> Any:
 
 # --- validation ----------------------------------------------------------------------------------
 SWEEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: ``retry`` values: the final endings other than ok (docs/contracts.md, status families)
+RETRYABLE = (*_records.OTHER_FINAL_KINDS, *_records.INSTABILITY_KINDS)
+#: Config groups: a key of the command line that selects an option, not a schema field.
+GROUPS = tuple(sorted({p.name for p in CONF_DIR.iterdir() if p.is_dir()} | {"experiment"}))
+#: The run folder scheme (hydra.run.dir, hydra.sweep.subdir must end with it).
+RUN_FOLDER = "${arm_id:}/seed=${job:seed}"
+FOLDER_SCHEME = (
+    "ptychostab names every run folder <arm_id>/seed=<seed> under "
+    "<paths.output_root>/<sweep>/ (arm_id: the hash of the config that defines the arm), so a "
+    "rerun skips finished runs and resumes interrupted ones in place, and the aggregator finds "
+    "them; a job number or an override list does not identify a run (it changes with the "
+    "grid). Keep the default, or end yours with it, e.g. "
+    "'hydra.sweep.subdir=\"mine/" + RUN_FOLDER + "\"' (quoted so); choose where runs go with "
+    "paths.output_root=<dir> and sweep=<name>")
+
+
+# --- the schema as a tree of keys (unknown-key checks) -------------------------------------------
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an unresolvable annotation: fall back to the fields' raw types
+        import dataclasses
+
+        return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
+def _node_class(tp: Any) -> type | None:
+    """The dataclass a field holds (Optional[...] unwrapped), else None."""
+    import dataclasses
+
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = args[0] if len(args) == 1 else None
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
+
+
+def _open(tp: Any) -> bool:
+    """A field that takes any sub-key (a Dict) or items (a List)."""
+    if typing.get_origin(tp) is typing.Union:
+        return any(_open(a) for a in typing.get_args(tp))
+    return typing.get_origin(tp) in (dict, list) or tp in (dict, list, Any)
+
+
+def unknown_key(key: str, schema: type | None = None) -> str | None:
+    """Why ``key`` (dotted) is not a key of the schema, or None when it is. The message names
+    the closest valid key and the keys of the node it was looked up in."""
+    cls: type | None = schema or TrainConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        assert cls is not None
+        hints = _hints(cls)
+        node = ".".join(parts[:i])
+        if part not in hints:
+            names = sorted(hints)
+            full = [f"{node}.{n}" if node else n for n in names]
+            close = difflib.get_close_matches(part, names, n=3, cutoff=0.6)
+            guess = (f"did you mean {' or '.join((node + '.' + c) if node else c for c in close)}?"
+                     if close else "no key is close")
+            where = f"'{node}'" if node else "the config"
+            return (f"{key}: {where} has no key {part!r}; {guess} Valid keys of "
+                    f"{node or 'the config'}: {', '.join(full)}")
+        tp = hints[part]
+        if _open(tp):
+            return None
+        sub = _node_class(tp)
+        if sub is None:
+            if i < len(parts) - 1:
+                return (f"{key}: {'.'.join(parts[:i + 1])} is a value, it has no key "
+                        f"{parts[i + 1]!r}")
+            return None
+        cls = sub
+    return None
+
+
+def _is_list_field(key: str) -> bool:
+    cls: Any = TrainConfig
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cls = _node_class(_hints(cls).get(part)) if cls is not None else None
+    if cls is None:
+        return False
+    tp = _hints(cls).get(parts[-1])
+    if typing.get_origin(tp) is typing.Union:
+        return any(typing.get_origin(a) is list for a in typing.get_args(tp))
+    return typing.get_origin(tp) is list
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """Refuse command-line overrides of keys the schema does not have (``+`` included: Hydra's
+    ``+key=value`` adds a key to a typed config without a check), before Hydra composes.
+    Group choices (``arch=fno``, ``+experiment=...``, ``hydra/launcher=...``) and ``hydra.*``
+    are Hydra's to check."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    found = []
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:
+        return  # a syntax error: Hydra reports it with its own message
+    for ov in parsed:
+        key = ov.key_or_group
+        if ov.is_delete() or "/" in key or "@" in key or key.split(".")[0] == "hydra":
+            continue
+        if key == "local" and not ov.is_sweep_override():
+            # `optional local: default` in train.yaml: Hydra silently skips a missing option
+            name = ov.value()
+            options = sorted(p.stem for p in (CONF_DIR / "local").glob("*.yaml"))
+            if isinstance(name, str) and name not in options:
+                found.append(f"local={name}: no conf/local/{name}.yaml; options of group "
+                             f"local: {', '.join(options)}")
+            continue
+        if ov.package is not None or (key in GROUPS and "." not in key):
+            continue
+        problem = unknown_key(key)
+        if problem:
+            found.append(problem)
+        elif ov.is_sweep_override() is False and _is_list_field(key):
+            value = ov.value()
+            if not isinstance(value, (list, tuple)) and value is not None:
+                text = ov.get_value_element_as_str()
+                found.append(f"{key}={text}: {key} is a list; write {key}=[{text}]")
+    if found:
+        raise ConfigError("\n  - ".join(
+            [f"unknown config key{'s' if len(found) > 1 else ''} (nothing was run):", *found]))
+
+
+def _extra_keys(obj: Any, cls: type, prefix: str = "") -> list[str]:
+    """Keys of a composed config (or plain dict) that its schema does not declare."""
+    out: list[str] = []
+    if not isinstance(obj, (dict, DictConfig)):
+        return out
+    hints = _hints(cls)
+    for key in list(obj.keys()):
+        name = f"{prefix}{key}"
+        if not prefix and key == "hydra":
+            continue
+        if key not in hints:
+            out.append(unknown_key(name) or name)
+            continue
+        sub = _node_class(hints[key])
+        if sub is not None and not _open(hints[key]):
+            try:
+                child = obj[key]
+            except Exception:
+                continue
+            out.extend(_extra_keys(child, sub, f"{name}."))
+    return out
 
 
 def _num(value: Any) -> bool:
@@ -331,6 +523,8 @@ def _select(obj: Any, key: str) -> Any:
 def problems(cfg: Any) -> list[str]:
     """Every problem of a composed config (DictConfig or plain dict), [] when it can run."""
     c = _Checker(cfg)
+    for extra in _extra_keys(cfg, TrainConfig):
+        c.add(extra)
     c.integer("seed", 0)
     c.integer("depth", 1, " (spectral blocks of the generator)")
     sweep = c.get("sweep")
@@ -338,6 +532,18 @@ def problems(cfg: Any) -> list[str]:
         c.add(f"sweep={sweep!r}: must be a folder name of letters, digits, '_', '.', '-'")
     if not c.get("paths.output_root"):
         c.add("paths.output_root is empty: the folder that receives <sweep>/<arm_id>/seed=<k>/")
+    retry = c.get("retry")
+    if retry is None or isinstance(retry, str) or not all(isinstance(x, str) for x in retry):
+        c.add(f"retry={retry!r}: must be a list of final endings, e.g. retry=[oom,exception]; "
+              f"allowed: {', '.join(RETRYABLE)}")
+    else:
+        for x in retry:
+            if x not in RETRYABLE:
+                why = (" (ok is never retrained)" if x == _records.OK else
+                       " (not final: a rerun resumes or retries it anyway)"
+                       if x in _records.INCOMPLETE_KINDS + _records.READ_PROBLEMS else "")
+                c.add(f"retry: {x!r} is not a final ending that can be retried{why}; "
+                      f"allowed: {', '.join(RETRYABLE)}")
 
     # arch
     c.choice("arch.name", ArchName)
@@ -402,6 +608,13 @@ def problems(cfg: Any) -> list[str]:
     if c.get("trainer.cuda_graphs") and str(c.get("trainer.accelerator")) == "cpu":
         c.add("trainer.cuda_graphs=true needs CUDA but trainer.accelerator=cpu")
     c.integer("trainer.sync_every", 1)
+    c.choice("trainer.progress", Progress)
+    every, sync = c.get("trainer.log_every_n_steps"), c.get("trainer.sync_every")
+    if every is not None:
+        c.integer("trainer.log_every_n_steps", 0, " (or null: every sync point)")
+        if _int(every) and _int(sync) and sync > 0 and every > 0 and every % sync:
+            c.add(f"trainer.log_every_n_steps={every} must be a multiple of "
+                  f"trainer.sync_every={sync}, or 0 (no per-step logging)")
     c.integer("trainer.eval_batch_size", 1)
     c.number("trainer.max_data_on_device_gb", low=0)
 
@@ -431,6 +644,10 @@ def problems(cfg: Any) -> list[str]:
               f"'timed-out and not checkpointable')")
     for key in ("cluster.gpus_per_node", "cluster.cpus_per_task", "cluster.mem_gb"):
         c.opt_integer(key, 0 if key.endswith("gpus_per_node") else 1)
+    c.integer("cluster.tasks_per_node", 1)
+    if _int(c.get("cluster.tasks_per_node")) and c.get("cluster.tasks_per_node") > 1:
+        c.add(f"cluster.tasks_per_node={c.get('cluster.tasks_per_node')}: a run is one process "
+              f"(no DDP here); allowed: 1")
 
     # data: the physics package owns these checks (DataConfig.validate names the field)
     data = c.get("data")
@@ -451,6 +668,44 @@ def _listish(v: Any) -> str:
         return repr(v)
 
 
+def launcher_problems(cfg: Any) -> list[str]:
+    """Problems of the launcher settings as the launcher will read them (``hydra.launcher``,
+    whether they came from ``cluster.*``, a site file or ``hydra.launcher.*`` overrides)."""
+    out: list[str] = []
+    node = OmegaConf.select(cfg, "hydra.launcher", default=None)
+    if not isinstance(node, DictConfig):
+        return out
+    try:
+        launcher = OmegaConf.to_container(node, resolve=True)
+    except Exception as err:
+        return [f"hydra.launcher cannot be resolved: {err}"]
+    assert isinstance(launcher, dict)
+    tmin, delay = launcher.get("timeout_min"), launcher.get("signal_delay_s")
+    if _int(tmin) and _int(delay) and tmin * 60 <= delay:
+        out.append(f"hydra.launcher.timeout_min={tmin} must exceed hydra.launcher.signal_delay_s="
+                   f"{delay} s (set by cluster.timeout_min / cluster.signal_delay_s, a site "
+                   f"launcher file or hydra.launcher.*): the pre-timeout signal would come "
+                   f"before the job starts")
+    tasks = launcher.get("tasks_per_node")
+    if _int(tasks) and tasks != 1:
+        out.append(f"hydra.launcher.tasks_per_node={tasks}: a run is one process; allowed: 1")
+    return out
+
+
+def folder_problems(cfg: Any, *, multirun: bool) -> list[str]:
+    """``hydra.run.dir`` / ``hydra.sweep.subdir`` must keep ptychostab's run-folder scheme."""
+    key = "hydra.sweep.subdir" if multirun else "hydra.run.dir"
+    node = OmegaConf.select(cfg, key.rsplit(".", 1)[0], default=None)
+    if not isinstance(node, DictConfig):
+        return []
+    raw = OmegaConf.to_container(node, resolve=False).get(key.rsplit(".", 1)[1])
+    if not isinstance(raw, str):
+        return []
+    if raw.replace("${seed}", "${job:seed}").rstrip("/").endswith(RUN_FOLDER):
+        return []
+    return [f"{key}={raw}: {FOLDER_SCHEME}"]
+
+
 def validate(cfg: Any, *, where: str = "") -> None:
     """Raise :class:`ConfigError` listing every problem of ``cfg`` (nothing when it can run)."""
     found = problems(cfg)
@@ -468,6 +723,7 @@ def compose(overrides: Sequence[str] = (), *, check: bool = True,
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    check_overrides(overrides)
     if GlobalHydra.instance().is_initialized():
         cfg = hydra_compose(CONFIG_NAME, overrides=list(overrides),
                             return_hydra_config=return_hydra_config)

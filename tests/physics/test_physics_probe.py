@@ -112,5 +112,22 @@ def test_npz_probe_missing_file_and_not_an_npz(tmp_path):
         load_probe_guess(tmp_path / "absent.npz", 16)
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="not a readable NPZ"):
+    with pytest.raises(ValueError, match="not an NPZ file") as err:
         load_probe_guess(junk, 16)
+    assert "data.probe.path" in str(err.value) and "numpy.savez" in str(err.value)
+    text = tmp_path / "probe.txt"  # np.load would try to unpickle it ("pickled data")
+    text.write_text("probeGuess = [[1, 0], [0, 1]]\n")
+    with pytest.raises(ValueError, match="not an NPZ file") as err:
+        load_probe_guess(text, 16)
+    assert "pickle" not in str(err.value)
+    npy = tmp_path / "probe.npy"
+    np.save(npy, np.ones((16, 16), complex))
+    with pytest.raises(ValueError, match=r"is a \.npy array, not an NPZ file"):
+        load_probe_guess(npy, 16)
+    damaged = tmp_path / "damaged.npz"  # a zip, but not numpy's
+    import zipfile
+
+    with zipfile.ZipFile(damaged, "w") as zf:
+        zf.writestr("probeGuess.npy", b"garbage")
+    with pytest.raises(ValueError, match="not a readable NPZ"):
+        load_probe_guess(damaged, 16)

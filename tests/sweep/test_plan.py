@@ -122,3 +122,29 @@ def test_cli_exit_codes_and_outputs(tmp_path, capsys):
     assert "hiden_channels" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     assert cli.main(["--help"]) == 0
+
+
+def test_retry_trains_chosen_final_endings_again(tmp_path):
+    grid = ["seed=range(3)", "data=tiny", f"paths.output_root={tmp_path}"]
+    plan = build_plan(grid, describe=False)
+    a, b, c = plan.jobs
+    write_run(a.run_dir, status="oom", epochs=1)
+    write_run(b.run_dir, status="nonfinite", epochs=1)
+    write_run(c.run_dir, status="ok", epochs=1)
+    plain = build_plan(grid, describe=False)
+    assert [j.status for j in plain.jobs] == [P.FAILED, P.FAILED, P.DONE]
+    retried = build_plan([*grid, "retry=[oom]"], describe=False)
+    assert [j.status for j in retried.jobs] == [P.TODO, P.FAILED, P.DONE]
+    assert retried.counts() == {P.DONE: 1, P.FAILED: 1, P.TODO: 1}
+    assert tuple(a.overrides) not in retried.final_jobs()  # the launcher submits it
+    assert "0:.(oom, retry)" in P.format_plan(retried)
+    both = build_plan([*grid, "retry=[oom,nonfinite]"], describe=False)
+    assert set(both.final_jobs().values()) == {"ok"}
+    assert {j.arm_id for j in both.jobs} == {j.arm_id for j in plain.jobs}  # run-only
+
+
+@pytest.mark.parametrize("grid", [["seed=range(0)"], ["arch=hybrid,fno", "seed=range(0)"]])
+def test_an_empty_grid_is_refused(tmp_path, grid):
+    with pytest.raises(P.PlanError, match="the grid is empty: seed=range"):
+        build_plan([*grid, "data=tiny", f"paths.output_root={tmp_path}"], describe=False)
+    assert not any(tmp_path.iterdir())

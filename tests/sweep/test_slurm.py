@@ -39,7 +39,8 @@ def test_sbatch_script_carries_the_cluster_settings(tmp_path, monkeypatch):
 
     monkeypatch.setattr(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
     params = _launcher_params(["launcher=slurm", "cluster.partition=gpu", "cluster.account=lab",
-                               "cluster.qos=high", "cluster.timeout_min=90"])
+                               "cluster.qos=high", "cluster.timeout_min=90",
+                               "cluster.comment=study", "cluster.exclude=node7"])
     params["submitit_folder"] = str(tmp_path / "%j")
     launcher = PtychoSlurmLauncher(**params)
     executor = launcher._executor(submitit)
@@ -47,7 +48,8 @@ def test_sbatch_script_carries_the_cluster_settings(tmp_path, monkeypatch):
                                      **executor._executor.parameters)
     for flag in ("--partition=gpu", "--account=lab", "--qos=high", "--time=90",
                  "--gpus-per-node=1", "--cpus-per-task=4", "--mem=32GB",
-                 "--array=0-29%30", "--signal=USR2@120", "--ntasks-per-node=1"):
+                 "--array=0-29%30", "--signal=USR2@120", "--ntasks-per-node=1",
+                 "--comment=study", "--exclude=node7"):
         assert f"#SBATCH {flag}" in text, flag
     assert "export OMP_NUM_THREADS=$(( SLURM_CPUS_PER_TASK > 0" in text
     assert executor._executor.max_num_timeout == 3
@@ -121,7 +123,37 @@ def test_launcher_skips_final_runs_waits_for_all_and_records_killed_ones(tmp_pat
     assert result["epochs_completed"] == 2 and result["recorded_by"] == "launcher"
     assert not never.run_dir.exists()  # no manifest: stays "missing" for the aggregator
     assert callbacks.status_for_state("TIMEOUT") == "timeout"
-    assert callbacks.status_for_state("OUT_OF_MEMORY") == "oom"
+
+
+@pytest.mark.parametrize("state,status,cause", [
+    ("OUT_OF_MEMORY", "infra", "memory"), ("NODE_FAIL", "infra", "node"),
+    ("TIMEOUT", "timeout", None), ("CANCELLED by 0", "preempted", None)])
+def test_scheduler_kills_are_not_final(tmp_path, monkeypatch, state, status, cause):
+    """A scheduler's OOM kill or a node failure is infra (with its cause): a rerun retries it."""
+    plan = build_plan(["seed=0", "data=tiny", f"paths.output_root={tmp_path}"], describe=False)
+    (job,) = plan.jobs
+    write_run(job.run_dir, status=None, epochs=1)
+    got = callbacks.record_killed(plan, job.overrides, state=state, job_id="9_0", message="x")
+    result = json.loads((job.run_dir / records.RESULT).read_text())
+    assert got == result["status"] == status and not records.is_final(status)
+    assert result["failure"].get("cause") == cause and result["slurm_state"] == state
+    again = build_plan(["seed=0", "data=tiny", f"paths.output_root={tmp_path}"], describe=False)
+    assert again.jobs[0].status == "todo" and not again.final_jobs()  # the rerun retries it
+
+
+def test_a_job_killed_without_a_plan_is_reported_killed(tmp_path, monkeypatch):
+    from hydra_plugins.ptychostab_launcher.launcher import JobKilled
+    from submitit.core.utils import UncompletedJobError
+
+    monkeypatch.setitem(callbacks._STATE, "plan", None)  # e.g. another sweeper: no plan
+    fake = _FakeExecutor({("seed=0",): UncompletedJobError("killed (state: CANCELLED)")})
+    launcher = PtychoSlurmLauncher(**_launcher_params(["launcher=slurm"]))
+    launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    monkeypatch.setattr(launcher, "_executor", lambda submitit: fake)
+    (ret,) = launcher.launch([["seed=0"]], initial_job_idx=0)
+    assert ret.status == JobStatus.FAILED  # never COMPLETED
+    with pytest.raises(JobKilled, match="killed by the scheduler"):
+        _ = ret.return_value
 
 
 # --- on a real cluster --------------------------------------------------------------------------

@@ -23,9 +23,10 @@ Requeue on preemption/time-out is the stock mechanism: submitit's USR2 handler c
 # sys.modules, and dataclasses then cannot resolve string annotations)
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
@@ -37,10 +38,31 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PtychoSlurmQueueConf(SlurmQueueConf):
+    """``hydra/launcher=ptychostab_slurm`` (what ``launcher=slurm`` selects). Every resource
+    defaults to the ``cluster`` node (ptychostab.config.ClusterConfig). The interpolations sit
+    here, in the launcher's own config, not in conf/launcher/slurm.yaml: a site launcher file
+    (``hydra/launcher/<site>.yaml`` starting with ``defaults: [ptychostab_slurm]``, selected
+    with ``hydra/launcher=<site>``) is merged on top of this node, so its partition, account,
+    qos, timeout, ... win over ``cluster.*``, and what it leaves out still comes from
+    ``cluster.*``."""
+
     _target_: str = "hydra_plugins.ptychostab_launcher.launcher.PtychoSlurmLauncher"
-    # An empty list, not None: OmegaConf resolves an interpolation merged into a None container
-    # against the file being merged, so `setup: ${cluster.setup}` would fail to compose.
-    setup: Optional[List[str]] = field(default_factory=list)
+    partition: Optional[str] = "${job:cluster.partition}"  # type: ignore[assignment]
+    account: Optional[str] = "${job:cluster.account}"  # type: ignore[assignment]
+    qos: Optional[str] = "${job:cluster.qos}"  # type: ignore[assignment]
+    constraint: Optional[str] = "${job:cluster.constraint}"  # type: ignore[assignment]
+    comment: Optional[str] = "${job:cluster.comment}"  # type: ignore[assignment]
+    exclude: Optional[str] = "${job:cluster.exclude}"  # type: ignore[assignment]
+    gpus_per_node: Optional[int] = "${job:cluster.gpus_per_node}"  # type: ignore[assignment]
+    cpus_per_task: Optional[int] = "${job:cluster.cpus_per_task}"  # type: ignore[assignment]
+    tasks_per_node: int = "${job:cluster.tasks_per_node}"  # type: ignore[assignment]
+    mem_gb: Optional[int] = "${job:cluster.mem_gb}"  # type: ignore[assignment]
+    timeout_min: int = "${job:cluster.timeout_min}"  # type: ignore[assignment]
+    signal_delay_s: int = "${job:cluster.signal_delay_s}"  # type: ignore[assignment]
+    max_num_timeout: int = "${job:cluster.max_num_timeout}"  # type: ignore[assignment]
+    array_parallelism: int = "${job:cluster.array_parallelism}"  # type: ignore[assignment]
+    setup: Optional[List[str]] = "${job:cluster.setup}"  # type: ignore[assignment]
+    additional_parameters: Dict[str, Any] = "${job:cluster.additional_parameters}"  # type: ignore
 
 
 @dataclass
@@ -52,6 +74,10 @@ ConfigStore.instance().store(group="hydra/launcher", name="ptychostab_slurm",
                              node=PtychoSlurmQueueConf(), provider="ptychostab")
 ConfigStore.instance().store(group="hydra/launcher", name="ptychostab_submitit_local",
                              node=PtychoLocalQueueConf(), provider="ptychostab")
+
+
+class JobKilled(RuntimeError):
+    """A job the scheduler killed that could not be recorded (reported, never COMPLETED)."""
 
 
 def _skipped(overrides: Sequence[str], status: str) -> JobReturn:
@@ -84,6 +110,8 @@ class _SweepSafeMixin:
             executor = self._executor(submitit)
             sweep_dir = Path(str(self.config.hydra.sweep.dir))  # type: ignore[attr-defined]
             sweep_dir.mkdir(parents=True, exist_ok=True)
+            if "mode" in self.config.hydra.sweep:  # type: ignore[attr-defined]  (as stock)
+                os.chmod(sweep_dir, int(str(self.config.hydra.sweep.mode), 8))  # type: ignore
             log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")  # type: ignore
             from hydra.core.singleton import Singleton
             from hydra.core.utils import filter_overrides
@@ -133,9 +161,17 @@ class _SweepSafeMixin:
             state = _state(job)
             status = callbacks.record_killed(plan, overrides, state=state,
                                              job_id=str(job.job_id), message=str(err))
+            if status == "unknown":  # no plan (another sweeper) or a job it does not list
+                log.error(f"job {job.job_id} ({' '.join(overrides)}) was killed (state {state}) "
+                          f"and left no result; no plan to record it in")
+                ret = JobReturn(overrides=overrides, status=JobStatus.FAILED)
+                ret.return_value = JobKilled(
+                    f"job {job.job_id} ({' '.join(overrides)}) was killed by the scheduler "
+                    f"(state {state}) without a result: {err}")
+                return ret
             log.warning(f"job {job.job_id} ({' '.join(overrides)}) ended without a result "
                         f"(state {state}): recorded as {status}")
-            return _skipped(overrides, status)
+            return _skipped(overrides, f"killed, recorded as {status}")
 
 
 def _state(job: Any) -> str:

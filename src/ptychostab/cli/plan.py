@@ -25,6 +25,7 @@ USAGE = "usage: python -m ptychostab.cli.plan [key=value ...]   (the overrides o
 
 def build_plan(overrides: list[str], *, describe: bool = True) -> planmod.Plan:
     """Compose the sweep as ``python train.py -m <overrides>`` would, then plan every job."""
+    cfgmod.check_overrides(overrides)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(cfgmod.CONF_DIR), version_base="1.3",
                                job_name=cfgmod.CONFIG_NAME):

@@ -1,6 +1,7 @@
 """``python train.py [-m] key=value ...``: one training job per (arm, seed), through Hydra.
 
-Hydra composes and type-checks the config; resolving the run folder
+Overrides of keys the schema lacks are refused first (:func:`check_command_line`); Hydra then
+composes and type-checks the config; resolving the run folder
 (``hydra.run.dir``/``hydra.sweep.subdir`` = ``${arm_id:}/seed=${seed}``) validates it, so a
 bad value fails before any folder exists. For ``-m`` the sweep preflight
 (ptychostab.sweep.callbacks) has by then composed and validated every job of the grid and
@@ -15,6 +16,7 @@ data: the task returns its status normally, so a sweep always finishes with exit
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -48,8 +50,28 @@ def run(cfg: DictConfig) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(cfgmod.CONF_DIR), config_name=cfgmod.CONFIG_NAME)
-def main(cfg: DictConfig) -> str:
+def _hydra_main(cfg: DictConfig) -> str:
     return run(cfg)
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Refuse overrides of keys the schema lacks before Hydra composes (Hydra would accept
+    ``+key=value`` into the typed config, and for ``key=value`` suggest that ``+`` form)."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        args, _ = get_args_parser().parse_known_args(argv)
+    except SystemExit:
+        return  # a bad option: Hydra's own parser reports it
+    try:
+        cfgmod.check_overrides(list(args.overrides or []))
+    except cfgmod.ConfigError as err:
+        raise SystemExit(f"{err}\nNothing was launched.") from None
+
+
+def main() -> None:
+    check_command_line(sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ used inside the training loss, so the physics of simulation and training are one
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -99,14 +100,28 @@ def load_probe_guess(path: str | os.PathLike, N: int) -> np.ndarray:
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
         raise ValueError(f"{where}={path!r}: file not found")
+    if not zipfile.is_zipfile(path):  # np.load would read it as .npy or try to unpickle it
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(6)
+        except OSError as err:
+            raise ValueError(f"{where}={path!r} cannot be read: {err}") from err
+        what = ("a .npy array" if head == b"\x93NUMPY" else f"a file of another kind (first "
+                f"bytes {head!r})")
+        raise ValueError(f"{where}={path!r} is {what}, not an NPZ file: the probe must be an NPZ "
+                         f"(a zip archive written by numpy.savez(path, probeGuess=probe)) holding "
+                         f"a complex `probeGuess` of shape (N, N)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             files = list(npz.files)
             raw: Any = npz["probeGuess"] if "probeGuess" in files else None
     except Exception as err:  # not a zip, pickled objects, truncated members
-        raise ValueError(f"{where}={path!r} is not a readable NPZ file: {err}") from err
+        raise ValueError(f"{where}={path!r} is not a readable NPZ file (not an NPZ, or damaged): {err}") from err
     if raw is None:
         raise ValueError(f"{where}={path!r} has no key 'probeGuess' (keys: {sorted(files)})")
+    if not isinstance(raw, np.ndarray):  # a zip whose member is not a .npy array
+        raise ValueError(f"{where}={path!r} is not a readable NPZ file (not an NPZ, or damaged): "
+                         f"its probeGuess member is not a numpy array")
     if raw.dtype.kind not in "biufc":
         raise ValueError(f"{where}: probeGuess has dtype {raw.dtype}, which cannot be read as "
                          f"a complex probe (need a numeric or complex array)")

@@ -24,6 +24,7 @@ no final ``result.json`` gets an ``exception`` record, so the aggregator sees it
 from __future__ import annotations
 
 import logging
+import os
 import traceback
 from pathlib import Path
 from typing import Any, Sequence
@@ -35,9 +36,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptychostab import config as cfgmod
 from ptychostab.runs import records
+from ptychostab.runs.lock import RunLocked
 from ptychostab.sweep import identity
 from ptychostab.sweep import plan as planmod
-from ptychostab.sweep.lock import SweepLock, SweepLocked
+from ptychostab.sweep.lock import LOCK_NAME, SweepLock, SweepLocked
 
 log = logging.getLogger(__name__)
 
@@ -52,33 +54,59 @@ def current_plan() -> planmod.Plan | None:
     return _STATE["plan"]
 
 
+def _refuse(problems: Sequence[str], what: str = "the config cannot run") -> None:
+    if problems:
+        raise SweepRefused(f"preflight: refusing to launch; {what}:\n  - "
+                           + "\n  - ".join(problems) + "\nNothing was launched.")
+
+
 def preflight(config: DictConfig) -> planmod.Plan | None:
     """Steps 1-4 above; returns the plan (None for sweepers other than the basic grid)."""
+    _refuse(cfgmod.folder_problems(config, multirun=True) + cfgmod.launcher_problems(config))
     lock_dir = Path(str(config.hydra.sweep.dir))
     if not planmod.is_basic_sweeper(config):
         log.warning("not the basic grid sweeper: no plan, only the sweep lock")
-        _take_lock(lock_dir)
+        _take_lock(lock_dir, mode=_sweep_mode(config))
         return None
     try:
         plan = planmod.build(config, GlobalHydra.instance().config_loader())
     except planmod.PlanError as err:
         raise SweepRefused(f"preflight: {err}\nNothing was launched.") from None
-    refused = plan.refusals()
-    if refused:
-        raise SweepRefused("preflight: refusing to launch; arm(s) that cannot run:\n  - "
-                           + "\n  - ".join(refused) + "\nNothing was launched.")
-    _take_lock(plan.sweep_dir)
-    planmod.write_csv(plan)
+    _refuse(plan.refusals(), "arm(s) that cannot run")
+    _take_lock(plan.sweep_dir, mode=_sweep_mode(config))
+    try:
+        planmod.write_csv(plan)
+    except OSError as err:
+        release()
+        raise SweepRefused(f"preflight: cannot write {plan.sweep_dir / planmod.PLAN_CSV}: "
+                           f"{err.strerror or err} ({type(err).__name__}). Nothing was "
+                           f"launched.") from None
     log.info("plan (%s):\n%s", plan.sweep_dir / planmod.PLAN_CSV, planmod.format_plan(plan))
     _STATE["plan"] = plan
     return plan
 
 
-def _take_lock(sweep_dir: Path, *, shared: bool = False) -> None:
+def _sweep_mode(config: DictConfig) -> int | None:
+    """``hydra.sweep.mode`` (octal digits, e.g. ``+hydra.sweep.mode=775``), as submitit reads it."""
+    mode = OmegaConf.select(config, "hydra.sweep.mode", default=None)
+    return None if mode is None else int(str(mode), 8)
+
+
+def _take_lock(sweep_dir: Path, *, shared: bool = False, mode: int | None = None) -> None:
+    """The sweep lock, or a refusal: held by another sweep, or the folder cannot be prepared
+    (an OSError: permission, read-only or full disk); never a warning and an unlocked sweep."""
     try:
+        existed = sweep_dir.exists()
         _STATE["lock"] = SweepLock(sweep_dir).acquire(shared=shared)
+        if mode is not None and not existed:
+            os.chmod(sweep_dir, mode)
     except SweepLocked as err:
         raise SweepRefused(f"preflight: {err}\nNothing was launched.") from None
+    except OSError as err:
+        release()
+        raise SweepRefused(f"preflight: cannot prepare the sweep folder {sweep_dir} (lock "
+                           f"{LOCK_NAME}): {err.strerror or err} ({type(err).__name__}). "
+                           f"Nothing was launched.") from None
 
 
 def release() -> None:
@@ -92,12 +120,16 @@ class SweepPreflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         # A single run (no -m) writes into <output_root>/<sweep>/: it shares the folder with
         # other single runs, not with a sweep. Checked before Hydra creates the run folder.
+        # Same checks as a sweep's preflight, before any folder exists (Hydra makes the run
+        # folder after this hook; the lock makes the sweep's).
         release()
+        _refuse(cfgmod.folder_problems(config, multirun=False))
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         try:
-            cfgmod.validate(job_cfg)  # before any folder exists (the lock creates the sweep's)
+            cfgmod.validate(job_cfg)
         except cfgmod.ConfigError as err:
             raise SweepRefused(str(err)) from None
+        _refuse(planmod.single_run_refusals(job_cfg))
         _take_lock(identity.sweep_dir(config), shared=True)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -126,10 +158,12 @@ class SweepPreflight(Callback):
             return
         try:
             run_dir = Path(str(config.hydra.runtime.output_dir))
-            loaded = records.read_json(run_dir / records.RESULT)
-            if loaded.ok and records.is_final(loaded.data.get("status")):
-                return
             err = job_return._return_value
+            if isinstance(err, RunLocked):  # the folder belongs to a live process: touch nothing
+                return
+            loaded = records.read_json(run_dir / records.RESULT)
+            if loaded.ok:  # the job recorded its own ending; never replaced from outside
+                return
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
             records.atomic_write_text(run_dir / records.TRACEBACK, text)
             _write_result(run_dir, config, "exception", f"{type(err).__name__}: {err}",
@@ -139,8 +173,9 @@ class SweepPreflight(Callback):
 
 
 # --- records for runs that could not write their own ---------------------------------------------
-def _write_result(run_dir: Path, cfg: Any, status: str, message: str, **extra: Any) -> None:
-    """An ``exception``/``timeout``/``preempted``/``oom`` result for a run that died early,
+def _write_result(run_dir: Path, cfg: Any, status: str, message: str, *,
+                  cause: str | None = None, **extra: Any) -> None:
+    """An ``exception``/``timeout``/``preempted``/``infra`` result for a run that died early,
     built from what is on disk (manifest, history)."""
     manifest = records.read_json(run_dir / records.MANIFEST).data or {}
     rows = records.read_history(run_dir / records.HISTORY).data or []
@@ -156,7 +191,7 @@ def _write_result(run_dir: Path, cfg: Any, status: str, message: str, **extra: A
     record = records.result_record(
         status=status, sweep=sweep, arm_id=arm_id, seed=seed,
         failure_info=records.failure(status, epoch=epoch, step=step, wall_s=wall,
-                                     message=message),
+                                     message=message, cause=cause),
         metrics={}, metrics_best=None, grad_norm={}, epochs_completed=len(rows),
         global_step=step or 0, wall_s=wall or 0.0, params={}, peak_memory_bytes=None, **extra)
     records.atomic_write_json(run_dir / records.RESULT, record)
@@ -169,14 +204,23 @@ def _get(cfg: Any, key: str) -> Any:
         return None
 
 
-# SLURM job states (sacct) -> record status. Anything else that kills a started job
-# (CANCELLED, PREEMPTED, NODE_FAIL, REQUEUED, ...) is "preempted": stopped from outside,
-# resumable from last.ckpt by the next run of the sweep.
-_STATE_STATUS = {"TIMEOUT": "timeout", "DEADLINE": "timeout", "OUT_OF_MEMORY": "oom"}
+# SLURM job states (sacct) -> record status (and infra cause). A scheduler's out-of-memory kill
+# and a node failure are infrastructure faults (``infra``, not final: a rerun retries them; an
+# out-of-memory error raised in the process is the job's own final ``oom``). Anything else that
+# kills a started job (CANCELLED, PREEMPTED, REQUEUED, ...) is "preempted": stopped from
+# outside, resumable from last.ckpt by the next run of the sweep. None of these is final.
+_STATE_STATUS = {"TIMEOUT": ("timeout", None), "DEADLINE": ("timeout", None),
+                 "OUT_OF_MEMORY": ("infra", "memory"), "NODE_FAIL": ("infra", "node"),
+                 "BOOT_FAIL": ("infra", "node")}
+
+
+def classify_state(state: str) -> tuple[str, str | None]:
+    """(status, infra cause or None) for a SLURM state such as ``OUT_OF_MEMORY``."""
+    return _STATE_STATUS.get(state.split()[0].upper() if state else "", ("preempted", None))
 
 
 def status_for_state(state: str) -> str:
-    return _STATE_STATUS.get(state.split()[0].upper() if state else "", "preempted")
+    return classify_state(state)[0]
 
 
 def record_killed(plan: planmod.Plan | None, overrides: Sequence[str], *, state: str,
@@ -195,9 +239,13 @@ def record_killed(plan: planmod.Plan | None, overrides: Sequence[str], *, state:
         return str(current.data["status"])
     if not (run_dir / records.MANIFEST).exists():
         return "missing"
-    status = status_for_state(state)
+    status, cause = classify_state(state)
     first = message.strip().splitlines()[0] if message.strip() else ""
+    what = {"memory": "killed by the scheduler for exceeding its memory limit (retried by a "
+                      "rerun; raise cluster.mem_gb)",
+            "node": "lost with its node (retried by a rerun)"}.get(cause or "", "")
     _write_result(run_dir, {"sweep": plan.sweep, "seed": job.seed}, status,
-                  f"SLURM job {job_id} ended in state {state} without a result. {first}".strip(),
-                  recorded_by="launcher", slurm_state=state, slurm_job_id=job_id)
+                  f"SLURM job {job_id} ended in state {state} without a result"
+                  f"{': ' + what if what else ''}. {first}".strip(),
+                  cause=cause, recorded_by="launcher", slurm_state=state, slurm_job_id=job_id)
     return status

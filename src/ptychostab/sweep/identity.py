@@ -11,7 +11,8 @@ hash is the first 10 hex digits of the SHA-1 of the *resolved* experiment-defini
 
 What enters the hash: the top-level nodes in :data:`IDENTITY_KEYS`, minus the run-only leaves
 in :data:`RUN_ONLY_LEAVES`. Everything else is run-only by construction: ``seed`` (a grid axis
-inside the arm), ``sweep`` (the folder above), ``strict``, ``paths``, ``plan``, ``cluster``
+inside the arm), ``sweep`` (the folder above), ``strict``, ``retry`` (which endings a rerun
+trains again), ``paths``, ``plan``, ``cluster``
 (launcher resources) and ``hydra``. tests/sweep/test_identity.py fails when a top-level key is
 added to the schema without being classified here.
 """
@@ -29,7 +30,7 @@ from ptychostab import config as _config
 
 HASH_DIGITS = 10
 IDENTITY_KEYS = ("data", "arch", "clip", "trainer", "failure", "depth")
-RUN_ONLY_TOP = ("seed", "sweep", "strict", "paths", "plan", "cluster")
+RUN_ONLY_TOP = ("seed", "sweep", "strict", "profile", "retry", "paths", "plan", "cluster")
 # Leaves that do not change what is learnt, only how fast or where it runs / what it is called.
 RUN_ONLY_LEAVES = (
     "data.name",  # a preset's label; the data are defined by the other data fields
@@ -40,9 +41,12 @@ RUN_ONLY_LEAVES = (
     "trainer.compile",  # torch.compile of the same network
     "trainer.cuda_graphs",  # CUDA-graph capture of the same step
     "trainer.tf32",  # CUDA matmul precision (recorded in the manifest)
+    "trainer.progress",  # how progress is shown
+    "trainer.log_every_n_steps",  # how often per-step values are logged
 )
 # Override keys that never describe an arm (the arm dict leaves them out).
-_NOT_ARM_OVERRIDES = RUN_ONLY_TOP + ("hydra", "experiment", "local", "launcher")
+_NOT_ARM_OVERRIDES = tuple(k for k in RUN_ONLY_TOP if k != "profile") + (
+    "hydra", "experiment", "local", "launcher")
 # Override keys already represented by the arm dict's base fields.
 _COVERED = {"arch": "arch", "arch.name": "arch", "clip": "clip", "clip.algorithm": "clip",
             "clip.value": "clip_value", "depth": "depth", "arch.fno_blocks": "depth"}
@@ -140,7 +144,8 @@ def sweep_dir(cfg: Any) -> Path:
 def _resolve_arm_id(*, _root_: DictConfig) -> str:
     # Validate here: Hydra resolves the run folder before creating it, so an impossible config
     # (negative clip value, depth 0, ...) fails before any folder exists.
-    root = OmegaConf.masked_copy(_root_, [k for k in _root_.keys() if k != "hydra"])
+    full = _config.job_root(_root_)  # the whole config, also under --cfg hydra --resolve
+    root = OmegaConf.masked_copy(full, [k for k in full.keys() if k != "hydra"])
     _config.validate(root)
     return arm_id(root)
 

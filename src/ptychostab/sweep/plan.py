@@ -62,6 +62,7 @@ class Job:
     epochs_done: int = 0
     wall_s: float | None = None
     est_minutes: float | None = None
+    retried: bool = False  # a final ending that `retry` asks to train again (status todo)
 
 
 @dataclass
@@ -123,8 +124,22 @@ def expand(params: Mapping[str, str], arguments: Sequence[str],
 
     texts = [f"{k}={v}" for k, v in params.items()] + list(arguments)
     parser = OverridesParser.create(config_loader=config_loader)
-    batches = BasicSweeper.split_arguments(parser.parse_overrides(texts), None)
-    return [list(job) for batch in batches for job in batch]
+    parsed = parser.parse_overrides(texts)
+    batches = BasicSweeper.split_arguments(parsed, None)
+    jobs = [list(job) for batch in batches for job in batch]
+    if not jobs:
+        empty = []
+        for ov in parsed:
+            if ov.is_sweep_override():
+                try:
+                    if not list(ov.sweep_string_iterator()):
+                        empty.append(ov.input_line or ov.get_key_element())
+                except Exception:
+                    pass
+        raise PlanError(f"the grid is empty: {', '.join(empty) or 'a swept key'} has no value, so "
+                        f"the sweep has no job (e.g. seed=range(0)); give it at least one value, "
+                        f"e.g. 'seed=range(10)'. Nothing was launched.")
+    return jobs
 
 
 def is_basic_sweeper(master: DictConfig) -> bool:
@@ -141,7 +156,8 @@ def _job_dir(job_cfg: DictConfig) -> Path:
     return Path(str(job_cfg.hydra.sweep.dir), str(job_cfg.hydra.sweep.subdir)).absolute()
 
 
-def _status(run_dir: Path) -> tuple[str, str | None, float | None]:
+def _status(run_dir: Path, retry: Sequence[str] = ()) -> tuple[str, str | None, float | None]:
+    """(done | failed | todo, raw status, wall_s). A final status listed in ``retry`` is todo."""
     loaded = records.read_json(run_dir / records.RESULT)
     if not loaded.ok or not isinstance(loaded.data, dict):
         return TODO, None, None
@@ -151,7 +167,7 @@ def _status(run_dir: Path) -> tuple[str, str | None, float | None]:
     if status == records.OK:
         return DONE, status, wall
     if records.is_final(status):
-        return FAILED, status, wall
+        return (TODO if status in retry else FAILED), status, wall
     return TODO, status, wall  # timeout / preempted: resumed from last.ckpt by the next run
 
 
@@ -208,6 +224,9 @@ def build(master: DictConfig, config_loader: Any, *, describe: bool = True) -> P
     overrides_cli = list(OmegaConf.to_container(master.hydra.overrides.task, resolve=False) or [])
     job_overrides = expand(sweeper_params(master), overrides_cli, config_loader)
     sweep_dir = Path(str(master.hydra.sweep.dir)).absolute()
+    retry = tuple(str(x) for x in (OmegaConf.select(master, "retry", default=None) or ()))
+    launcher = str(OmegaConf.select(master, "hydra.launcher._target_", default="") or "")
+    here = "slurm" not in launcher.lower()  # jobs run on this machine (basic, submitit_local)
     jobs: list[Job] = []
     arms: OrderedDict[str, Arm] = OrderedDict()
     errors: OrderedDict[str, list[int]] = OrderedDict()
@@ -223,9 +242,10 @@ def build(master: DictConfig, config_loader: Any, *, describe: bool = True) -> P
         except Exception as err:  # composition, interpolation or validation: report them all
             errors.setdefault(_one_line(err), []).append(index)
             continue
-        status, raw, wall = _status(run_dir)
+        status, raw, wall = _status(run_dir, retry)
         job = Job(index=index, overrides=list(overrides), seed=_seed_of(job_cfg), arm_id=aid,
                   run_dir=run_dir, status=status, result_status=raw, wall_s=wall,
+                  retried=status == TODO and records.is_final(raw),
                   epochs_done=len(records.read_history(run_dir / records.HISTORY).data or []))
         jobs.append(job)
         if aid not in arms:
@@ -247,8 +267,42 @@ def build(master: DictConfig, config_loader: Any, *, describe: bool = True) -> P
     if describe:
         for arm in arms.values():
             _describe(arm, plan.settings)
+    if here:
+        for arm in arms.values():
+            arm.refused = arm.refused or device_problem(arm.cfg)
     _estimate(plan)
     return plan
+
+
+def device_problem(cfg: Mapping[str, Any]) -> str | None:
+    """Why the requested accelerator does not exist on this machine (None: it does)."""
+    accel = str(cfg["trainer"]["accelerator"])
+    if accel != "cuda":
+        return None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+    except ImportError:
+        pass
+    return ("trainer.accelerator=cuda: no CUDA device on this machine (torch.cuda.is_available() "
+            "is False); run it where there is a GPU, or use trainer.accelerator=auto or cpu")
+
+
+def single_run_refusals(job_cfg: DictConfig) -> list[str]:
+    """The sweep preflight's checks for one run (no -m): the network must build, its memory
+    estimate must fit ``plan.max_memory_gb``, the requested accelerator must exist."""
+    plain = OmegaConf.to_container(job_cfg, resolve=True, enum_to_str=True)
+    assert isinstance(plain, dict)
+    arm = Arm(arm_id=identity.arm_id(job_cfg), label=identity.arm_label(job_cfg), fields={},
+              cfg=plain)
+    _describe(arm, dict(plain.get("plan") or {}))
+    found = [arm.refused] if arm.refused else []
+    device = device_problem(plain)
+    if device:
+        found.append(device)
+    return found
 
 
 def _jobs_text(indices: list[int], job_overrides: list[list[str]]) -> str:
@@ -429,7 +483,7 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"{arm.arm_id}  {_fields_text(arm.fields)}")
         lines.append(f"    {size}; {epoch}; to do: {_fmt_min(todo_min)}")
         lines.append("    seeds: " + " ".join(
-            f"{j.seed}:{mark[j.status]}" + (f"({j.result_status})"
+            f"{j.seed}:{mark[j.status]}" + (f"({j.result_status}{', retry' if j.retried else ''})"
                                             if j.result_status not in (None, "ok") else "")
             for j in jobs))
         lines.append(f"    {per[DONE]} done, {per[FAILED]} failed, {per[TODO]} to do")
