@@ -91,7 +91,13 @@ slurm-down: ## stop the daemons slurm-up started (and only those)
 test-slurm: install slurm-up ## the SLURM tests (pytest -m slurm) against the local cluster (~4 min)
 	$(PY) -m pytest -q -m slurm
 
-test-slow: install ## the slow tests (pytest -m slow): submitit_local, concurrent sweeps, torch.compile parity
+$(VENV)/.tracking: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[tracking]'
+	touch $@
+
+install-tracking: $(VENV)/.tracking ## add the optional trackers (TensorBoard, MLflow, W&B): pip install -e '.[tracking]'
+
+test-slow: install-tracking ## the slow tests (pytest -m slow): submitit_local, concurrent sweeps, trackers, torch.compile parity
 	$(PY) -m pytest -q -m slow
 
 clean: ## remove caches and stray Lightning/Hydra folders (never outputs/ or .cache/datasets)
@@ -99,4 +105,4 @@ clean: ## remove caches and stray Lightning/Hydra folders (never outputs/ or .ca
 	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 .PHONY: help install test demo plan stage-a clip-sweep stage-b aggregate status slurm-up slurm-down \
-	test-slurm test-slow clean
+	test-slurm test-slow install-tracking clean

@@ -101,7 +101,7 @@ def test_resume_after_the_last_epoch_trains_no_further_epoch(base, tmp_path):
     assert again["metrics_best"] == reference["metrics_best"]
     log = (run_dir / records.RUN_LOG).read_text()
     assert log.count("=== ") == 4  # two segments, each opened and closed in run.log
-    assert "RESUME" in log and "epoch 2:" in log and not (run_dir / records.RUN_LOCK).exists()
+    assert "RESUME" in log and "epoch 3/3:" in log and not (run_dir / records.RUN_LOCK).exists()
 
 
 @pytest.mark.parametrize("status", records.ALL_STATUSES)
