@@ -11,14 +11,18 @@
 #      warm-up round; peak memory beside the dry run's estimate;
 #   4. compile (last, optional: COMPILE=0 skips it): ours with trainer.compile at d4 norm, in
 #      its own time limit so that a slow or broken compile costs nothing else;
-#   5. prints the benchmark table LAST (the figures for benchmarks/README.md).
+#   5. packed seeds (issue 14): train_step.py --pack 1,2,4,8 at Stage A size (d4 norm, CUDA
+#      graphs on CUDA): aggregate steps/s per pack size K, then exactness: 2 seeds alone
+#      (run_job) and packed (run_pack), per-epoch losses compared (bit-identical expected;
+#      tolerance 1e-5 relative); ONLY=pack runs setup and this stage alone;
+#   6. prints the benchmark tables LAST (the figures for benchmarks/README.md).
 # The Stage A control run through train.py is a separate call: benchmarks/gpu_seed_control.sh.
 #
 # Device call (the `run` tool):   command: bash benchmarks/gpu_check.sh
 #                                 carry: [".whl"]            timeout_s: 540
 # Here on a CPU, the same stages with small sizes:   DRY=1 bash benchmarks/gpu_check.sh
 #
-# Environment: DRY (1: DEVICE=cpu SMALL=1), DEVICE (cuda|cpu, default cuda), SMALL (1: small
+# Environment: ONLY (pack: only the packing stage), DRY (1: DEVICE=cpu SMALL=1), DEVICE (cuda|cpu, default cuda), SMALL (1: small
 # model/data everywhere), COMPILE (1|0, default 1), JOB (1: also the old 2-epoch job through
 # `python -m ptychostab.runs.job`; default 0), JOB_DATA (stage_a|small), JOB_GRAPHS (1|0),
 # JOB_CLIP (norm|agc|none), JOB_EPOCHS (2), BENCH_ARGS (replaces the benchmark's size/step
@@ -72,6 +76,9 @@ if torch.cuda.is_available():
 import ptychostab.runs.job  # noqa: F401  (the job imports without hydra)
 EOF
 
+ONLY=${ONLY:-}
+BENCH_RC=skipped
+if [ "$ONLY" != pack ]; then
 stage "tests"
 TIMEOUT_FLAG=()
 if "$PY" -c "import pytest_timeout" 2>/dev/null; then TIMEOUT_FLAG=(--timeout=90); fi
@@ -186,8 +193,10 @@ EOF
 
 fi
 
+fi  # ONLY != pack
+
 COMPILE_RC=skipped
-if [ "$COMPILE" = 1 ]; then
+if [ "$COMPILE" = 1 ] && [ "$ONLY" != pack ]; then
   stage "compile (optional, last)"
   timeout 100 "$PY" -m pytest -q -p no:cacheprovider -rfEs --tb=short "${TIMEOUT_FLAG[@]}" \
     tests/training/test_fastpath.py -m "$MARK" -k "compile"
@@ -201,12 +210,36 @@ if [ "$COMPILE" = 1 ]; then
   echo "compile exit code: $COMPILE_RC (124: its time limit)"
 fi
 
+stage "packed seeds (issue 14)"
+if [ "$DRY" = 1 ]; then
+  PACK_BENCH="--sizes tiny --variants 4:norm --steps 20 --warmup 3 --repeats 2"
+elif [ "$SMALL" = 1 ]; then
+  PACK_BENCH="--sizes small --variants 4:norm --steps 40 --warmup 5 --repeats 2"
+else
+  PACK_BENCH="--sizes stage_a --variants 4:norm --steps 100 --warmup 20 --repeats 2"
+fi
+# shellcheck disable=SC2086
+timeout 200 "$PY" benchmarks/train_step.py --device "$DEVICE" --json "$OUT/bench_pack.json" \
+  ${PACK_ARGS:-$PACK_BENCH --pack 1,2,4,8 --pack-check 2} >"$WORK/pack.out" 2>"$WORK/pack.err"
+PACK_RC=$?
+grep -E "Error|error|Traceback" "$WORK/pack.err" | tail -10
+echo "packing benchmark exit code: $PACK_RC (124: its time limit)"
+
 stage "benchmark table (last)"
 echo "total $(( $(date +%s) - T0 )) s on $DEVICE; benchmark exit code $BENCH_RC; compile $COMPILE_RC"
-if grep -q '^Stage A projection' "$WORK/bench.out"; then
+if [ "$ONLY" = pack ]; then
+  echo "ONLY=pack: the step benchmark was not run"
+elif grep -q '^Stage A projection' "$WORK/bench.out"; then
   sed -n '/^Stage A projection/,$p' "$WORK/bench.out"
 else
   echo "benchmark incomplete (time limit or error): the variants it finished"
   grep -E '^(variant|d[0-9]|---)' "$WORK/bench.out"
+fi
+echo
+if grep -q '^Packed seeds' "$WORK/pack.out"; then
+  sed -n '/^Packed seeds/,$p' "$WORK/pack.out"
+else
+  echo "packing benchmark incomplete: the pack sizes it finished"
+  grep -E '^pack K=' "$WORK/pack.out"
 fi
 rm -rf "$WORK"

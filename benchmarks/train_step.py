@@ -31,6 +31,16 @@ FLOPs: counted once per variant for one forward + loss + backward at the batch s
 ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products, complex ones
 counted as real; FFTs and elementwise work are not counted): TFLOP/s is a lower bound of work.
 
+Packing (issue 14, ``--pack 1,2,4,8``; replaces the table above): K seeds of the first
+variant trained in one process by the pack engine (``runs/pack.py``: each member its own
+``_Job`` setup on the shared placed data, its own CUDA stream, the members' steps in turn);
+timed like ``ours`` (the last ``steps`` steps of each round, all members, ``synchronize`` then
+``perf_counter``), reported as the aggregate steps/s of the K members and its ratio to K=1.
+Then exactness (``--pack-check K``, default 2; 0 skips): K seeds through ``run_job`` alone and
+through ``run_pack``, 2 epochs of ``warmup + steps`` steps, per-epoch train and validation
+losses compared (bit-identical expected where the same kernels run; the maximum relative
+difference is printed; tolerance if not identical: 1e-5 relative, issue 14).
+
 Targets (issue 7, on an H100/H200): ours/bare >= 0.95 at batch 16; >= 200 steps/s for the
 depth-4 hybrid at batch 16 (a Stage A epoch of 862 steps in <= 4.5 s); depth 8 runs at N=64.
 """
@@ -434,6 +444,134 @@ def projection(results: list[dict]) -> list[str]:
     return out
 
 
+# --- packing (issue 14) ----------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def pack_speed(args, device: torch.device, root: Path, k: int) -> dict:
+    """Aggregate steps/s of ``k`` packed members (see the module docstring)."""
+    from omegaconf import OmegaConf
+
+    from ptychostab.runs import pack as pack_mod
+    from ptychostab.runs.recorder import RunRecorder
+
+    depth, clip = args.variant_list[0]
+    impl = "graphs" if args.pack_graphs else "ours"
+    cfg0 = variant_config(args, depth, clip, impl)
+    data = make_data(args, cfg0)
+    job_mod.load_data = lambda _cfg: data  # the one substitution, as in Ours
+    shared, guard, jobs = pack_mod._Shared(), PreemptionGuard(), []
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(k):
+        cfg = variant_config(args, depth, clip, impl)
+        cfg.seed = args.seed + i
+        run_dir = root / f"pack{k}" / f"seed={cfg.seed}"
+        rec = RunRecorder(run_dir, config=OmegaConf.to_container(cfg, resolve=True),
+                          arm={}, arm_id="bench", sinks=[], pack_id=f"bench-{k}")
+        job = pack_mod._Member(pack_mod.Member(cfg, run_dir), guard, rec, shared)
+        job.setup()
+        jobs.append(job)
+    pack_mod.fit_settings(device)
+    for job in jobs:
+        job.stream = pack_mod.member_stream(device)
+        job.steps = pack_mod.training_steps(job.module)
+    n = jobs[0].module.batches.batches_per_epoch
+    times = []
+    for _ in range(1 + args.repeats):  # round 0: warm-up
+        for i in range(n):
+            if i == args.warmup:
+                _sync(device)
+                t0 = time.perf_counter()
+            for job in jobs:
+                with job.active(stream=True):
+                    next(job.steps)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        for job in jobs:  # the epoch ends (validation, records), untimed
+            with job.active(stream=True):
+                assert next(job.steps) == -1
+    for job in jobs:
+        job.rec.end(None)
+    sec = statistics.median(times[1:])
+    return {"k": k, "aggregate_steps_per_s": k * args.steps / sec,
+            "member_steps_per_s": args.steps / sec, "rounds_s": times,
+            "peak_bytes": peak_bytes(device), "impl": impl}
+
+
+def pack_exactness(args, device: torch.device, root: Path, k: int) -> dict:
+    """Per-epoch losses of ``k`` seeds alone (``run_job``) and packed (``run_pack``)."""
+    from ptychostab.runs import records
+    from ptychostab.runs.pack import Member, run_pack
+
+    depth, clip = args.variant_list[0]
+    impl = "graphs" if args.pack_graphs else "ours"
+    cfgs = []
+    for i in range(k):
+        cfg = variant_config(args, depth, clip, impl)
+        cfg.seed, cfg.trainer.max_epochs = args.seed + i, 2
+        cfgs.append(cfg)
+    data = make_data(args, cfgs[0])
+    job_mod.load_data = lambda _cfg: data
+    # the training is compared; the final evaluation needs the simulated objects, which
+    # synthetic data lack: it is left out (both ways)
+    job_mod.evaluate_run = lambda *_a: ({}, None, None)
+    alone = [job_mod.run_job(c, run_dir=root / "alone" / f"seed={c.seed}", arm={},
+                             arm_id="bench", overrides=[], sinks=[]) for c in cfgs]
+    packed = run_pack([Member(c, root / "packed" / f"seed={c.seed}") for c in cfgs],
+                      pack_id="bench-exact")
+    same, total, worst = 0, 0, 0.0
+    for c in cfgs:
+        a = records.read_history(root / "alone" / f"seed={c.seed}" / records.HISTORY).data
+        b = records.read_history(root / "packed" / f"seed={c.seed}" / records.HISTORY).data
+        for ra, rb in zip(a, b, strict=True):
+            for key in ("train_loss", "val_loss"):
+                total += 1
+                same += ra[key] == rb[key]
+                worst = max(worst, abs(ra[key] - rb[key]) / max(abs(ra[key]), 1e-30))
+    return {"k": k, "statuses": [r["status"] for r in alone + packed], "identical": same,
+            "compared": total, "max_rel_diff": worst, "impl": impl}
+
+
+def pack_main(args, device: torch.device, dev_name: str) -> int:
+    out = {"pack_speed": [], "pack_exactness": None}
+    with tempfile.TemporaryDirectory(prefix="train-step-pack-") as tmp:
+        for k in args.pack:
+            out["pack_speed"].append(pack_speed(args, device, Path(tmp), k))
+            r = out["pack_speed"][-1]
+            print(f"pack K={k}: {r['aggregate_steps_per_s']:.1f} aggregate steps/s "
+                  f"({r['member_steps_per_s']:.1f} per member)", flush=True)
+            gc.collect()
+        if args.pack_check:
+            out["pack_exactness"] = pack_exactness(args, device, Path(tmp), args.pack_check)
+    if args.json:
+        meta = {"device": dev_name, "torch": torch.__version__,
+                "args": {k: v for k, v in vars(args).items() if k != "variant_list"}}
+        Path(args.json).write_text(json.dumps({"meta": meta, **out}, indent=2, default=str))
+    depth, clip = args.variant_list[0]
+    base = out["pack_speed"][0]["aggregate_steps_per_s"] if out["pack_speed"] else None
+    print(f"\nPacked seeds (d{depth} {clip}, {out['pack_speed'][0]['impl'] if base else '-'}, "
+          f"batch {args.batch}, {args.steps} timed steps per member per round):")
+    head = f"{'K':>3} {'aggregate steps/s':>18} {'per member':>11} {'x K=1':>7} {'peak MiB':>9}"
+    print(head + "\n" + "-" * len(head))
+    for r in out["pack_speed"]:
+        peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.0f}"
+        print(f"{r['k']:>3} {r['aggregate_steps_per_s']:18.1f} {r['member_steps_per_s']:11.1f} "
+              f"{r['aggregate_steps_per_s'] / base:7.2f} {peak:>9}")
+    ex = out["pack_exactness"]
+    if ex is not None:
+        verdict = "bit-identical" if ex["identical"] == ex["compared"] else (
+            "within 1e-5 relative" if ex["max_rel_diff"] <= 1e-5 else "NOT within 1e-5")
+        print(f"exactness K={ex['k']} (2 epochs, train+val loss per epoch): {ex['identical']}/"
+              f"{ex['compared']} identical, max rel diff {ex['max_rel_diff']:.2e}: {verdict}; "
+              f"statuses {ex['statuses']}")
+    print("target on H100/H200: K=8 aggregate >= 3x K=1")
+    return 0
+
+
 def write_json(args, dev_name: str, results: list[dict]) -> None:
     if args.json:
         meta = {"device": dev_name, "torch": torch.__version__,
@@ -476,7 +614,17 @@ def parse(argv=None):
     p.add_argument("--interleave", choices=["auto", "yes", "no"], default="auto",
                    help="round-robin the implementations (auto: on the CPU only)")
     p.add_argument("--json", default=None, help="write every figure here")
+    p.add_argument("--pack", default=None,
+                   help="comma list of pack sizes K (e.g. 1,2,4,8): the packing benchmark")
+    p.add_argument("--pack-check", type=int, default=2,
+                   help="with --pack: members of the exactness check (0: none)")
+    p.add_argument("--pack-graphs", type=lambda s: s.lower() in ("1", "true", "on", "yes"),
+                   default=None, help="packed members with CUDA graphs (default: on CUDA)")
     args = p.parse_args(argv)
+    if args.pack is not None:
+        args.pack = [int(k) for k in args.pack.split(",")]
+    if args.pack_graphs is None:
+        args.pack_graphs = args.device == "cuda"
     if args.variants is None:
         if args.depth is None and args.clip is None:
             args.variants = DEFAULT_VARIANTS
@@ -521,6 +669,8 @@ def main(argv=None) -> int:
           f"tf32 {args.tf32 if device.type == 'cuda' else 'n/a'}; "
           f"interleaved {args.interleave}", flush=True)
 
+    if args.pack:
+        return pack_main(args, device, dev_name)
     results = []
     with tempfile.TemporaryDirectory(prefix="train-step-") as tmp:
         for variant in args.variant_list:

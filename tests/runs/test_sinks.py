@@ -196,3 +196,28 @@ def test_knobs_are_run_only(make_cfg):
     other.trainer.log_every_n_steps = 100
     assert identity.identity_config(OmegaConf.to_container(base)) == identity.identity_config(
         OmegaConf.to_container(other))
+
+
+def test_lightning_noise_is_silenced_where_it_arises(make_cfg, tmp_path, caplog, monkeypatch):
+    import shutil
+    import warnings
+
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda c, *a, **k: "/usr/bin/srun" if c == "srun"
+                        else real_which(c, *a, **k))
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        _run(_cfg(make_cfg), tmp_path / "r")
+    text = " ".join([str(w.message) for w in seen] + [r.getMessage() for r in caplog.records])
+    for noise in ("srun", "Tip:", "litlogger", "GPU available", "Trainer.fit` stopped",
+                  "smaller than the logging interval"):
+        assert noise not in text, noise
+    assert "epoch 3/3" in text  # our own lines still show
+    assert not (tmp_path / "r" / "lightning_logs").exists()
+    # outside the job, Lightning's own warnings are untouched (silenced locally, not globally)
+    from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+    with warnings.catch_warnings(record=True) as after:
+        warnings.simplefilter("always")
+        rank_zero_warn("The `srun` command is available on your system but is not used.")
+    assert len(after) == 1

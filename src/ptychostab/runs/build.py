@@ -7,6 +7,10 @@ works).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
+
 import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -92,3 +96,37 @@ class TorchGlobals:
         torch.use_deterministic_algorithms(det, warn_only=warn)
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cdet, bench
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf_mm, tf_cudnn
+
+
+#: Lightning's messages that do not apply to this driver: the device banner and the litlogger
+#: tip (the manifest records the device; trackers are our sinks), and the end-of-fit notice
+#: (the recorder logs how the run ended).
+LIGHTNING_NOISE = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:",
+                   "`Trainer.fit` stopped:")
+_RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero",
+                      "lightning.fabric.utilities.rank_zero")
+
+
+class _DropLightningNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(LIGHTNING_NOISE)
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """Silence, inside this block only, what Lightning says that does not apply here:
+    :data:`LIGHTNING_NOISE`, the "srun is available but not used" warning (submitit starts
+    the job; srun would start a second one) and the ``LeafSpec`` deprecation of its pytree
+    helper. Everything else Lightning says still shows."""
+    drop = _DropLightningNoise()
+    loggers = [logging.getLogger(name) for name in _RANK_ZERO_LOGGERS]
+    for lg in loggers:
+        lg.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"The `srun` command is available")
+            warnings.filterwarnings("ignore", message=r".*LeafSpec")
+            yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(drop)

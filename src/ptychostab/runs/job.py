@@ -46,6 +46,7 @@ from ptychostab.runs.build import (
     configure_device,
     describe_model,
     load_data,
+    quiet_lightning,
     resolve_device,
 )
 from ptychostab.runs.checkpoint import set_rng_state
@@ -109,17 +110,32 @@ class _Job:
     # -- phases
     def run(self) -> dict:
         """Start the recorder, set up, train, finish; every ending recorded and returned."""
+        return self.attempt(self._whole)
+
+    def _whole(self) -> dict:
+        self.begin()
+        self.train()
+        return self.complete()
+
+    def begin(self) -> None:
+        self.rec.start(retry=self.retry)
+        self.setup()
+
+    def complete(self) -> dict:
+        """Training ended: the final record (``cfg.strict``: a failure is kept to raise)."""
+        record = self.finish()
+        if self.cfg.get("strict", False) and record["status"] != records.OK:
+            f = record["failure"]
+            self.raised = TrainingFailure(f["kind"], epoch=f["epoch"], step=f["step"],
+                                          message=f["message"], wall_s=f["wall_s"])
+        return record
+
+    def attempt(self, phase, *args):
+        """``phase(*args)``; an ending it raises is recorded and its record returned (a pack
+        drives its members' phases one by one through here)."""
         strict = bool(self.cfg.get("strict", False))
         try:
-            self.rec.start(retry=self.retry)
-            self.setup()
-            self.train()
-            record = self.finish()
-            if strict and record["status"] != records.OK:
-                f = record["failure"]
-                self.raised = TrainingFailure(f["kind"], epoch=f["epoch"], step=f["step"],
-                                              message=f["message"], wall_s=f["wall_s"])
-            return record
+            return phase(*args)
         except RunLocked:
             raise
         except Preempted as p:
@@ -133,6 +149,22 @@ class _Job:
             self.raised = err if strict else None
             return self.record_error(err)
 
+    def load(self):
+        """The dataset (hook: a pack loads it once for its members)."""
+        try:
+            return load_data(self.cfg)
+        except OSError as err:
+            raise InfraFault("data", describe_os_error(err, "loading the dataset from")) from err
+
+    def place(self, data, settings: TrainerSettings) -> tuple:
+        """``(train, train_on, val, val_on, probe)`` on the device (hook: a pack shares them)."""
+        budget = settings.max_data_on_device_gb * 1e9
+        train, train_on = place(data.train_amp, self.device, budget)
+        used = train.numel() * train.element_size() if train_on else 0
+        val, val_on = place(data.test_amp, self.device, budget - used)
+        probe = torch.as_tensor(np.asarray(data.probe)).to(self.device)
+        return train, train_on, val, val_on, probe
+
     def setup(self) -> None:
         cfg, rec = self.cfg, self.rec
         settings = TrainerSettings.from_config(cfg.trainer)
@@ -142,10 +174,7 @@ class _Job:
         rec.write_manifest(device=self.device)  # who/what/where, even if building fails below
 
         tf32 = configure_device(self.device, settings.tf32)
-        try:
-            self.data = load_data(cfg)
-        except OSError as err:
-            raise InfraFault("data", describe_os_error(err, "loading the dataset from")) from err
+        self.data = self.load()
         L.seed_everything(self.seed, workers=False, verbose=False)  # seed 0 is a seed
         generator = build_model(cfg).to(self.device)
         try:
@@ -154,11 +183,7 @@ class _Job:
             log.warning("describe(model) failed: %s", err)
             info = {"describe_error": repr(err)}
 
-        budget = settings.max_data_on_device_gb * 1e9
-        train, train_on = place(self.data.train_amp, self.device, budget)
-        used = train.numel() * train.element_size() if train_on else 0
-        val, val_on = place(self.data.test_amp, self.device, budget - used)
-        probe = torch.as_tensor(np.asarray(self.data.probe)).to(self.device)
+        train, train_on, val, val_on, probe = self.place(self.data, settings)
         self.module = PtychoModule(
             generator, probe, train, val, settings=settings, clipper=clipper, failure=failure,
             seed=self.seed, device=self.device, clock=rec.clock,
@@ -171,24 +196,34 @@ class _Job:
             rec.resumed(self.module)
 
         rec.ready(self.module)
-        self.trainer = self._trainer(settings.max_epochs - self.module.epoch)
+        lightning = self.driver(settings.max_epochs - self.module.epoch)
         rec.write_manifest(effective={
             **self.module.effective_settings(),
             "max_epochs": settings.max_epochs,
-            "lightning": {"max_epochs_this_segment": self.trainer.max_epochs,
-                          "precision": str(self.trainer.precision),
-                          "deterministic": self.device.type == "cpu",
-                          "slurm_plugin": any(isinstance(p, SLURMEnvironment)
-                                              for p in self._plugins)},
+            "lightning": lightning,
             "tf32": tf32,
             "seed": self.seed,
             "data_on_device": {"train": train_on, "val": val_on,
                                "budget_gb": settings.max_data_on_device_gb},
         })
 
+    def driver(self, remaining: int) -> dict:
+        """Build what drives the epochs (here a Lightning Trainer; hook: a pack drives its
+        members itself); returns the manifest's ``effective.lightning`` block."""
+        self.trainer = self._trainer(remaining)
+        return {"max_epochs_this_segment": self.trainer.max_epochs,
+                "precision": str(self.trainer.precision),
+                "deterministic": self.device.type == "cpu",
+                "slurm_plugin": any(isinstance(p, SLURMEnvironment) for p in self._plugins)}
+
     def _trainer(self, max_epochs: int) -> L.Trainer:
         # submitit owns requeueing: Lightning must not install its own SLURM requeue handler.
-        self._plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+        with quiet_lightning():
+            self._plugins = ([SLURMEnvironment(auto_requeue=False)]
+                             if SLURMEnvironment.detect() else [])
+            return self._new_trainer(max_epochs)
+
+    def _new_trainer(self, max_epochs: int) -> L.Trainer:
         return L.Trainer(
             accelerator="gpu" if self.device.type == "cuda" else "cpu", devices=1,
             max_epochs=max(1, max_epochs), precision="32-true",
@@ -202,7 +237,8 @@ class _Job:
         """Fit the remaining epochs; none when ``last.ckpt`` was saved after the last one
         (Lightning's ``max_epochs`` is at least 1, so ``fit`` must not be called then)."""
         if self.module.epoch < self.module.settings.max_epochs:
-            self.trainer.fit(self.module)
+            with quiet_lightning():
+                self.trainer.fit(self.module)
 
     # -- outcomes
     def finish(self) -> dict:

@@ -204,7 +204,10 @@ class RunRecorder:
     sinks : iterable of Sink
         Further per-run side effects (trackers, activations), called at every hook.
     pack_id : str, optional
-        The pack the run belongs to (written to ``run.lock``).
+        The pack the run belongs to (written to ``run.lock`` and the segment).
+    pack : dict, optional
+        The manifest's ``pack`` block (``{"id", "size", "members"}``); null when the run is
+        alone in its process (a later unpacked segment does not inherit an earlier block).
     stale_after_s, heartbeat_every_s : float
         Liveness of ``run.lock`` (:class:`~.lock.RunLock`).
     """
@@ -216,7 +219,8 @@ class RunRecorder:
 
     def __init__(self, run_dir: str | os.PathLike, *, config: dict, arm: dict, arm_id: str,
                  overrides: Sequence[str] = (), sinks: Iterable[Sink] = (),
-                 pack_id: str | None = None, stale_after_s: float | None = None,
+                 pack_id: str | None = None, pack: dict | None = None,
+                 stale_after_s: float | None = None,
                  heartbeat_every_s: float | None = None):
         self.run_dir = Path(run_dir)
         self.config, self.arm, self.arm_id = config, dict(arm), arm_id
@@ -233,7 +237,7 @@ class RunRecorder:
         old = records.read_json(self.path(records.MANIFEST))
         self.previous_manifest: dict = old.data if old.ok else {}
         self.restarts: list[dict] = list(self.previous_manifest.get("restarts", []))
-        self.fields: dict = {}
+        self.fields: dict = {"pack": dict(pack) if pack is not None else None}
         self.segment = {"id": self.run_id, "start_time": now(), "resumed_from": None,
                         "slurm": slurm_ids(), "host": host_info()["hostname"],
                         "pid": os.getpid(), "pack_id": pack_id}
@@ -244,6 +248,7 @@ class RunRecorder:
         self._t0, self.wall_offset = time.monotonic(), 0.0
         self._static: dict | None = None
         self._write_failed = False
+        self._stale: str | None = None
 
     # --- small helpers ---------------------------------------------------------------------
     def path(self, name: str) -> Path:
@@ -301,8 +306,8 @@ class RunRecorder:
         :attr:`checkpoint` (a damaged one: :meth:`restart`), write the manifest, start sinks."""
         if self.started:
             return
-        stale = self.lock.acquire()
-        self.started = True
+        self.take_lock()
+        stale, self.started = self._stale, True
         self.run_log.open()
         log.info("=== %s: segment %s, pid %d on %s", self.run_dir, self.run_id, os.getpid(),
                  self.segment["host"])
@@ -317,6 +322,12 @@ class RunRecorder:
         self.write_manifest()
         for sink in self.sinks:
             sink.on_start(self)
+
+    def take_lock(self) -> None:
+        """Take ``run.lock`` now, before :meth:`start` (a pack takes every member's lock
+        before it touches any folder); :class:`~.lock.RunLocked`: nothing touched."""
+        if not self.lock.held:
+            self._stale = self.lock.acquire()
 
     def epoch_end(self, module, row: dict, is_best: bool) -> None:
         """best.ckpt (if better), last.ckpt, history.csv, snapshotted now, written in that

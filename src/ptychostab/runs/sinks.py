@@ -61,8 +61,10 @@ def progress_mode(setting: str, stream=None) -> str:
     return "bar" if getattr(stream, "isatty", lambda: False)() else "log"
 
 
-def build_sinks(cfg) -> list[Sink]:
-    """The sinks for one run of ``cfg`` (the composed config), in hook order."""
+def build_sinks(cfg, *, packed: bool = False) -> list[Sink]:
+    """The sinks for one run of ``cfg`` (the composed config), in hook order. ``packed``
+    (a seed of a pack, :mod:`.pack`): a progress bar becomes the per-epoch line (one bar per
+    seed is noise), and the line names the seed."""
     sinks: list[Sink] = []
     every = int(_get(cfg, "diagnostics.every_n_epochs", 1))
     if every > 0:
@@ -74,7 +76,8 @@ def build_sinks(cfg) -> list[Sink]:
         sinks.append(TrackerSink(trackers, every))
     mode = progress_mode(str(_get(cfg, "trainer.progress", "auto")))
     if mode != "none":
-        sinks.append(ProgressSink(mode))
+        label = f"seed={_get(cfg, 'seed')} " if packed else ""
+        sinks.append(ProgressSink("log" if packed else mode, label=label))
     return sinks
 
 
@@ -198,12 +201,13 @@ class ProgressSink(Sink):
     ``bar`` (a terminal): a tqdm bar over the run's steps, updated at the sync points (epoch,
     step of steps, steps/s, ETA, last train loss and grad norm). ``log`` (SLURM logs, pipes):
     one line per epoch with the epoch's numbers, steps/s and the run's ETA, no carriage
-    returns. Either way the per-epoch line goes to the run's log (``run.log``)."""
+    returns. Either way the per-epoch line goes to the run's log (``run.log``). In a pack
+    (``build_sinks(cfg, packed=True)``) the mode is ``log`` and the line starts ``seed=<k>``."""
 
-    def __init__(self, mode: str, stream=None):
+    def __init__(self, mode: str, stream=None, label: str = ""):
         if mode not in ("bar", "log"):
             raise ValueError(f"trainer.progress={mode!r}; allowed: auto, bar, log, none")
-        self.mode = mode
+        self.mode, self.label = mode, label  # label: "seed=<k> " in a pack
         self.stream = stream
         self.bar = None
         self.total = 0
@@ -241,8 +245,9 @@ class ProgressSink(Sink):
         step = int(row.get("global_step") or module.global_step_count)
         rate = self.rate(step)
         eta = (self.total - step) / rate if rate and math.isfinite(rate) else math.nan
-        log.info("epoch %d/%d: train %.5g val %.5g grad pre med %.3g max %.3g lr %.3g | "
-                 "step %d/%d, %.1f steps/s, ETA %s", int(row["epoch"]) + 1, self.max_epochs,
+        log.info("%sepoch %d/%d: train %.5g val %.5g grad pre med %.3g max %.3g lr %.3g | "
+                 "step %d/%d, %.1f steps/s, ETA %s", self.label, int(row["epoch"]) + 1,
+                 self.max_epochs,
                  row.get("train_loss", math.nan), row.get("val_loss", math.nan),
                  row.get("grad_norm_pre_median", math.nan),
                  row.get("grad_norm_pre_max", math.nan), row.get("lr", math.nan), step,

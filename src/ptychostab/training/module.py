@@ -14,7 +14,9 @@ scheduler step, the epoch-end callback (the job writes checkpoints and records t
 
 Lightning drives epochs, not steps: the train loader (:class:`~.batches.EpochLoader`) yields
 one :data:`~.batches.EPOCH_RUN` per epoch and ``training_step(EPOCH_RUN)`` runs the epoch's
-remaining steps, each one a ``training_step(index_batch, i)`` call. Lightning's per-batch
+remaining steps (:meth:`~PtychoModule.epoch_steps`, one ``training_step(index_batch, i)``
+call per ``next()``: a pack of seeds, :mod:`ptychostab.runs.pack`, interleaves several
+modules' steps without a Trainer). Lightning's per-batch
 machinery (fetcher, hooks, progress tracking, ``manual_backward`` and ``LightningOptimizer``
 wrappers) cost about 1 ms a step on the project's CPU machine (ours/bare 0.73-0.87 at a 5.5 ms
 step, against 0.99-1.10 with this driver; benchmarks/train_step.py), and on a GPU that host
@@ -37,7 +39,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
@@ -153,6 +155,7 @@ class PtychoModule(L.LightningModule):
         self.on_epoch_end = on_epoch_end
         self.on_sync = on_sync
         self.log_epoch_line = True  # a progress display that writes its own line turns it off
+        self.step_driver = "one Lightning training_step per epoch"  # a pack says its own
         self.stop_requested = stop_requested or (lambda: None)
 
     # --- the physics ---------------------------------------------------------------------------
@@ -216,11 +219,19 @@ class PtychoModule(L.LightningModule):
                 self.on_sync(self, self.global_step_count, seen.get("last", {}))
         return None
 
-    def _train_epoch(self) -> None:
-        """The current epoch's steps from ``step_in_epoch`` on (a resumed epoch continues)."""
+    def epoch_steps(self) -> Iterator[int]:
+        """The current epoch's steps from ``step_in_epoch`` on (a resumed epoch continues),
+        one ``training_step`` per ``next()``; yields the batch index just done. Nothing runs
+        before the first ``next()``. :meth:`_train_epoch` consumes it whole (Lightning's
+        path); a pack (:mod:`ptychostab.runs.pack`) interleaves several modules' steps."""
         first = self.step_in_epoch
         for i, index in enumerate(self.batches.index_batches(self.epoch, first), start=first):
             self.training_step(index, i)
+            yield i
+
+    def _train_epoch(self) -> None:
+        for _ in self.epoch_steps():
+            pass
 
     def _raise_on_step_failure(self, seen: dict) -> None:
         for kind in ("nonfinite", "diverged"):
@@ -373,6 +384,6 @@ class PtychoModule(L.LightningModule):
             "device": str(self.device_),
             "compile": self.forward_fn is not self.generator,
             "cuda_graphs": self.graphed is not None,
-            "step_driver": "one Lightning training_step per epoch",
+            "step_driver": self.step_driver,
             "failure": self.monitor.settings.as_dict(),
         }
