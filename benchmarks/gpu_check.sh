@@ -109,6 +109,17 @@ grep -v '^$' "$WORK/bench.err" | tail -20
 cat "$WORK/bench.out"
 echo "benchmark exit code: $BENCH_RC"
 
+stage "per-run sinks (issues 12, 15): drift probe share of an epoch, step rate with a tracker"
+SINK_BENCH=$(echo "${BENCH_ARGS:-$DEFAULT_BENCH}" | sed 's/--variants [^ ]*/--variants 4:norm/')
+# shellcheck disable=SC2086
+timeout 120 "$PY" benchmarks/train_step.py --device "$DEVICE" --json "$OUT/bench_sinks.json" \
+  --impls ours_bare_sinks,ours_probe,ours_tracked $SINK_BENCH >"$WORK/sinks.out" \
+  2>"$WORK/sinks.err"
+SINKS_RC=$?
+grep -v '^$' "$WORK/sinks.err" | tail -10
+sed -n '/per-run sinks/,/^$/p' "$WORK/sinks.out"
+echo "sinks benchmark exit code: $SINKS_RC (targets: probe < 1% of an epoch; tracked/bare >= 0.99)"
+
 if [ "$JOB" = 1 ]; then
 stage "2-epoch Stage A job (JOB=1)"
 JOB_DATA=${JOB_DATA:-$([ "$SMALL" = 1 ] && echo small || echo stage_a)}

@@ -87,7 +87,13 @@ CLIP_VALUES = {"none": None, "norm": 1.0, "value": 0.1, "agc": 0.01}
 DEFAULT_VARIANTS = "4:norm,4:agc,8:norm"
 STAGE_A_STEPS_PER_EPOCH = 862
 STAGE_A_RUNS = 30  # 3 arms x 10 seeds (experiments/stage_a.yaml)
-IMPL_FLAGS = {"ours": {}, "graphs": {"trainer.cuda_graphs": True},
+IMPL_FLAGS = {"ours": {},
+              # the per-run sinks' cost (issues 12 and 15): no sink at all, the drift probe
+              # only, and the probe plus a CSV tracker logging every sync point
+              "ours_bare_sinks": {"diagnostics.every_n_epochs": 0, "trainer.progress": "none"},
+              "ours_probe": {"trainer.progress": "none"},
+              "ours_tracked": {"logger.csv": {"enabled": True}, "trainer.progress": "none"},
+              "graphs": {"trainer.cuda_graphs": True},
               "compile": {"trainer.compile": True},
               "compile_graphs": {"trainer.compile": True, "trainer.cuda_graphs": True}}
 
@@ -444,6 +450,33 @@ def projection(results: list[dict]) -> list[str]:
     return out
 
 
+def sink_costs(results: list[dict]) -> list[str]:
+    """What the per-run sinks cost (issues 12 and 15), against ``ours_bare_sinks`` measured in
+    the same run: the drift probe's extra epoch-end time as a share of a Stage A epoch (862
+    steps at the bare-sinks rate; target < 1%), and the step rate with a tracker logging at
+    every sync point (the per-step values ride on the sync point's one transfer)."""
+    out = []
+    for res in results:
+        rows = res["impls"]
+        base = rows.get("ours_bare_sinks", {})
+        if "steps_per_s" not in base:
+            continue
+        epoch = STAGE_A_STEPS_PER_EPOCH / base["steps_per_s"] + base.get("epoch_end_ms", 0) / 1e3
+        name = f"d{res['depth']} {res['clip']}"
+        probe = rows.get("ours_probe", {})
+        if "epoch_end_ms" in probe and "epoch_end_ms" in base:
+            extra = (probe["epoch_end_ms"] - base["epoch_end_ms"]) / 1e3
+            out.append(f"  {name}: drift probe +{1e3 * extra:.1f} ms per epoch end = "
+                       f"{100 * extra / epoch:.2f}% of an 862-step (Stage A) epoch at this size "
+                       f"({epoch:.2f} s)")
+        tracked = rows.get("ours_tracked", {})
+        if "steps_per_s" in tracked:
+            out.append(f"  {name}: step rate with a CSV tracker at every sync point "
+                       f"{tracked['steps_per_s']:.1f} vs {base['steps_per_s']:.1f} steps/s "
+                       f"without sinks (ratio {tracked['steps_per_s'] / base['steps_per_s']:.3f})")
+    return out
+
+
 # --- packing (issue 14) ----------------------------------------------------------------------
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -686,6 +719,10 @@ def main(argv=None) -> int:
     text = table(results, args)
     print("\nStage A projection (862 steps/epoch + epoch end):")
     print("\n".join(projection(results)))
+    costs = sink_costs(results)
+    if costs:
+        print("\nper-run sinks (issues 12, 15; against ours_bare_sinks, same run):")
+        print("\n".join(costs))
     print("\ntargets on H100/H200: ours/bare >= 0.95; >= 200 steps/s at d4 batch 16 "
           "(epoch <= 4.5 s)")
     print(f"\n{text}")

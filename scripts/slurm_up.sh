@@ -7,6 +7,12 @@
 # running, waits for the node to be idle. Each daemon it starts is recorded in $OURS/<name> as
 # "pid starttime"; scripts/slurm_down.sh stops only those.
 #
+# The node offers one GPU as a generic resource (GresTypes=gpu, Gres=gpu:1), so launcher=slurm's
+# default of one GPU per job is accepted and at most one GPU job runs at a time. Slurm 22.05
+# drops a file-less GPU ("Removing file-less GPU ... from final GRES list", then marks the node
+# INVAL: "gres/gpu count reported lower than configured"), so gres.conf names /dev/null as its
+# device file: nothing is bound to jobs, the count is what the scheduler enforces.
+#
 # Accounting is on by default: without sacct, submitit cannot tell that a job died without a
 # result (scancel, time limit, OOM kill) and waits for it forever.
 #
@@ -125,7 +131,11 @@ ReturnToService=2
 SlurmdTimeout=60
 KillWait=5
 MinJobAge=600
-NodeName=$HOST NodeAddr=127.0.0.1 $HW State=UNKNOWN
+# one GPU as a generic resource (gres.conf: Name=gpu File=/dev/null, see the header): the
+# launcher's default cluster.gpus_per_node=1 (sbatch --gpus-per-node=1) is then satisfiable,
+# and the scheduler runs at most one GPU job (one pack) at a time, as on a one-GPU node
+GresTypes=gpu
+NodeName=$HOST NodeAddr=127.0.0.1 $HW Gres=gpu:1 State=UNKNOWN
 PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
 mkdir -p "$(dirname "$CONF")"
 CHANGED=0
@@ -136,6 +146,16 @@ if [ ! -f "$CONF" ] || [ "$(cat "$CONF")" != "$WANT" ]; then
   printf '%s\n' "$WANT" > "$CONF"; CHANGED=1; say "wrote $CONF"
 fi
 export SLURM_CONF=$CONF
+GRES=$(dirname "$CONF")/gres.conf
+WANT_GRES="$TAG
+# one GPU counted by the scheduler; /dev/null because Slurm drops a GPU without a device file
+NodeName=$HOST Name=gpu File=/dev/null"
+if [ ! -f "$GRES" ] || [ "$(cat "$GRES")" != "$WANT_GRES" ]; then
+  if [ -f "$GRES" ] && ! grep -qF "$TAG" "$GRES"; then
+    cp -a "$GRES" "$GRES.bak.$(date +%s)" && say "kept the previous $GRES as $GRES.bak.*"
+  fi
+  printf '%s\n' "$WANT_GRES" > "$GRES"; CHANGED=1; say "wrote $GRES"
+fi
 
 # --- 4. accounting: MariaDB on a unix socket, slurmdbd ----------------------------------------
 if [ "$ACCOUNTING" = 1 ]; then

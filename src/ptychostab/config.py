@@ -232,6 +232,10 @@ class TrainConfig:
     # Final endings a rerun of the sweep trains again (e.g. [oom,exception] after a fix or on
     # a bigger device); allowed: RETRYABLE. Run-only: not part of the arm id.
     retry: List[str] = field(default_factory=list)
+    # Seeds of one arm trained in one process (one job, one GPU, one dataset load): the sweep
+    # preflight groups the unfinished seeds of each arm into packs of up to `pack` (packs.json).
+    # 1: one run per job (unpacked). Run-only: not part of the arm id.
+    pack: int = 1
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)
@@ -532,6 +536,7 @@ def problems(cfg: Any) -> list[str]:
         c.add(f"sweep={sweep!r}: must be a folder name of letters, digits, '_', '.', '-'")
     if not c.get("paths.output_root"):
         c.add("paths.output_root is empty: the folder that receives <sweep>/<arm_id>/seed=<k>/")
+    c.integer("pack", 1, " (seeds of one arm per job; 1: unpacked)")
     retry = c.get("retry")
     if retry is None or isinstance(retry, str) or not all(isinstance(x, str) for x in retry):
         c.add(f"retry={retry!r}: must be a list of final endings, e.g. retry=[oom,exception]; "
@@ -704,6 +709,34 @@ def folder_problems(cfg: Any, *, multirun: bool) -> list[str]:
     if raw.replace("${seed}", "${job:seed}").rstrip("/").endswith(RUN_FOLDER):
         return []
     return [f"{key}={raw}: {FOLDER_SCHEME}"]
+
+
+#: The only run-folder form allowed with ``pack > 1`` (hydra.sweep.subdir).
+PACKED_SUBDIR = RUN_FOLDER
+PACK_SCHEME = (
+    "with pack > 1 one job trains several seeds of an arm, each in its own folder "
+    "<paths.output_root>/<sweep>/<arm_id>/seed=<seed>; the preflight names those folders in "
+    "packs.json, the pack's leader writes into them, and reruns regroup the unfinished seeds "
+    "by them, so the seeds of a pack stay apart only under the default scheme. Drop the "
+    "hydra.sweep.subdir override (choose where runs go with paths.output_root=<dir> and "
+    "sweep=<name>), or run with pack=1")
+
+
+def pack_problems(cfg: Any) -> list[str]:
+    """With ``pack > 1`` a sweep keeps the default ``hydra.sweep.subdir`` (see PACK_SCHEME)."""
+    pack = OmegaConf.select(cfg, "pack", default=1) if isinstance(cfg, DictConfig) else (
+        _select(cfg, "pack") or 1)
+    if not _int(pack) or pack <= 1:
+        return []
+    node = OmegaConf.select(cfg, "hydra.sweep", default=None)
+    if not isinstance(node, DictConfig):
+        return []
+    raw = OmegaConf.to_container(node, resolve=False).get("subdir")
+    if not isinstance(raw, str):
+        return []
+    if raw.replace("${seed}", "${job:seed}").strip("/") == PACKED_SUBDIR:
+        return []
+    return [f"hydra.sweep.subdir={raw} with pack={pack}: {PACK_SCHEME}"]
 
 
 def validate(cfg: Any, *, where: str = "") -> None:

@@ -1,6 +1,8 @@
 """hydra-submitit-launcher, made sweep-safe for ptychostab.
 
-Two changes to the stock ``submitit_local`` / ``submitit_slurm`` launchers (1.2.0), nothing else:
+Three changes to the stock ``submitit_local`` / ``submitit_slurm`` launchers (1.2.0), nothing
+else (the third: with ``pack > 1`` only pack leaders are submitted, one job per pack, and a
+pack job the scheduler killed is recorded for every member):
 
 1. Runs whose ``result.json`` is final (ok or a failure kind) are not submitted again: the
    preflight (ptychostab.sweep.callbacks) has already composed every job and read its status.
@@ -86,6 +88,12 @@ def _skipped(overrides: Sequence[str], status: str) -> JobReturn:
     return ret
 
 
+def _packed(overrides: Sequence[str], pack: Any) -> JobReturn:
+    ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+    ret.return_value = f"packed into {pack.leader.run_dir.parent.name}/{pack.leader.run_dir.name}"
+    return ret
+
+
 class _SweepSafeMixin:
     """``launch`` of :class:`BaseSubmititLauncher` with skip-finished and wait-for-all."""
 
@@ -98,14 +106,24 @@ class _SweepSafeMixin:
         assert self.config is not None  # type: ignore[attr-defined]
         plan = callbacks.current_plan()
         final = plan.final_jobs() if plan is not None else {}
+        # pack > 1: one job per pack, submitted for its leader (its first member, which trains
+        # every member); the other members are not submitted.
+        packed = {tuple(j.overrides): p for p in (plan.packs if plan is not None else [])
+                  for j in p.jobs[1:]}
         todo = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)
-                if tuple(o) not in final]
+                if tuple(o) not in final and tuple(o) not in packed]
         returns: dict[int, JobReturn] = {
             initial_job_idx + i: _skipped(o, final[tuple(o)])
             for i, o in enumerate(job_overrides) if tuple(o) in final}
         if returns:
             log.info(f"Skipping {len(returns)} run(s) with a final result.json "
                      f"(delete a run's result.json to train it again)")
+        members = {initial_job_idx + i: _packed(o, packed[tuple(o)])
+                   for i, o in enumerate(job_overrides) if tuple(o) in packed}
+        if members:
+            log.info(f"{len(members)} run(s) packed into their pack leader's job (pack="
+                     f"{plan.pack_size}; packs.json): not submitted on their own")
+            returns.update(members)
         if todo:
             executor = self._executor(submitit)
             sweep_dir = Path(str(self.config.hydra.sweep.dir))  # type: ignore[attr-defined]
@@ -159,8 +177,14 @@ class _SweepSafeMixin:
             return ret
         except UncompletedJobError as err:  # killed by the scheduler (or by hand)
             state = _state(job)
+            pack = plan.pack_of(overrides) if plan is not None else None
             status = callbacks.record_killed(plan, overrides, state=state,
                                              job_id=str(job.job_id), message=str(err))
+            for member in (pack.jobs[1:] if pack is not None else []):  # the whole pack died
+                got = callbacks.record_killed(plan, member.overrides, state=state,
+                                              job_id=str(job.job_id), message=str(err))
+                log.warning(f"pack {pack.pack_id}: seed={member.seed} ended with its pack's job "
+                            f"(state {state}): {got}")
             if status == "unknown":  # no plan (another sweeper) or a job it does not list
                 log.error(f"job {job.job_id} ({' '.join(overrides)}) was killed (state {state}) "
                           f"and left no result; no plan to record it in")

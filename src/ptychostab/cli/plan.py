@@ -4,9 +4,12 @@ Takes the same overrides as ``python train.py -m`` (e.g. ``+experiment=stage_a``
 ``arch=hybrid,stable_hybrid 'seed=range(10)'``), composes and validates every job without
 launching anything, prints the arms x seeds with done / failed / to-do, each arm's parameter
 count, training-memory estimate and run-time estimate, and writes ``plan.csv`` in the sweep
-folder. Exit status 0: the sweep can be launched; 1: some arm is refused (cannot be built, or
-exceeds ``plan.max_memory_gb``; plan.csv is still written); 2: some job does not compose or
-validate (nothing written).
+folder. With ``pack=K`` (K > 1) it also lists the packs the launch would form (the unfinished
+seeds of each arm, up to K per job) with each pack's memory estimate (K x the training-memory
+estimate + the dataset once); packs.json is the preflight's, not written here. Exit status 0:
+the sweep can be launched; 1: some arm or pack is refused (cannot be built, or exceeds
+``plan.max_memory_gb``; plan.csv is still written); 2: some job does not compose or validate
+(nothing written).
 """
 
 from __future__ import annotations

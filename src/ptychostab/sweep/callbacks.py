@@ -5,7 +5,9 @@
 1. expand the grid and compose + validate every job (:func:`ptychostab.sweep.plan.build`);
 2. refuse arms that cannot be built or exceed ``plan.max_memory_gb``;
 3. take the sweep lock (a second sweep on the same folder is refused);
-4. write ``plan.csv`` and log the plan.
+4. write ``plan.csv`` (and, with ``pack > 1``, ``packs.json``: the unfinished seeds of each
+   arm grouped into packs of up to ``pack``, :func:`ptychostab.sweep.plan.group_packs`) and
+   log the plan.
 
 ``on_run_start`` (single runs, no ``-m``) takes the same lock shared, before Hydra creates the
 run folder: single runs coexist, but not with a sweep of the same folder.
@@ -62,8 +64,14 @@ def _refuse(problems: Sequence[str], what: str = "the config cannot run") -> Non
 
 def preflight(config: DictConfig) -> planmod.Plan | None:
     """Steps 1-4 above; returns the plan (None for sweepers other than the basic grid)."""
-    _refuse(cfgmod.folder_problems(config, multirun=True) + cfgmod.launcher_problems(config))
+    _refuse(cfgmod.folder_problems(config, multirun=True) + cfgmod.launcher_problems(config)
+            + cfgmod.pack_problems(config))
     lock_dir = Path(str(config.hydra.sweep.dir))
+    pack = OmegaConf.select(config, "pack", default=1)
+    if not planmod.is_basic_sweeper(config) and isinstance(pack, int) and pack > 1:
+        _refuse([f"pack={pack} with the sweeper {OmegaConf.select(config, 'hydra.sweeper._target_')}"
+                 f": packing groups the seeds of the grid, which only the basic grid sweeper "
+                 f"expands before launching; use pack=1 with this sweeper"])
     if not planmod.is_basic_sweeper(config):
         log.warning("not the basic grid sweeper: no plan, only the sweep lock")
         _take_lock(lock_dir, mode=_sweep_mode(config))
@@ -74,13 +82,15 @@ def preflight(config: DictConfig) -> planmod.Plan | None:
         raise SweepRefused(f"preflight: {err}\nNothing was launched.") from None
     _refuse(plan.refusals(), "arm(s) that cannot run")
     _take_lock(plan.sweep_dir, mode=_sweep_mode(config))
-    try:
-        planmod.write_csv(plan)
-    except OSError as err:
-        release()
-        raise SweepRefused(f"preflight: cannot write {plan.sweep_dir / planmod.PLAN_CSV}: "
-                           f"{err.strerror or err} ({type(err).__name__}). Nothing was "
-                           f"launched.") from None
+    for name, write in ((planmod.PLAN_CSV, planmod.write_csv),
+                        (planmod.PACKS_JSON, planmod.write_packs)):
+        try:
+            write(plan)
+        except OSError as err:
+            release()
+            raise SweepRefused(f"preflight: cannot write {plan.sweep_dir / name}: "
+                               f"{err.strerror or err} ({type(err).__name__}). Nothing was "
+                               f"launched.") from None
     log.info("plan (%s):\n%s", plan.sweep_dir / planmod.PLAN_CSV, planmod.format_plan(plan))
     _STATE["plan"] = plan
     return plan

@@ -27,6 +27,10 @@ Time to failure (for Kaplan-Meier) is measured in completed epochs: an instabili
 ``epochs_completed``; a started run with no result
 is censored at the number of rows in its ``history.csv``. Seconds follow the same rule
 (``failure.wall_s``, else ``wall_s``).
+
+``pack_size`` / ``pack_id``: the manifest's ``pack`` block (``{"id", "size", "members"}``,
+written by a packed run; 1 / empty for a run alone in its process). A packed run's wall time
+and ``peak_memory_bytes`` are its pack's process's (K seeds share them).
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ KNOWN_GRAD = ("grad_norm_pre_median", "grad_norm_pre_p99", "grad_norm_pre_max",
 BEST_PREFIX = "best_ckpt_"
 PLAN_RUN_COLUMNS = ("sweep", "arm_id", "arm_label", "label", "seed", "overrides")
 # The dry run's per-job estimates and its (stale) status: not arm fields; status is re-read.
-PLAN_IGNORED = ("params_real", "params_numel", "memory_gb_estimate", "est_minutes", "status")
+PLAN_IGNORED = ("params_real", "params_numel", "memory_gb_estimate", "est_minutes", "status",
+                "pack")
 PLAN_TEXT_COLUMNS = ("sweep", "arm_id", "arm_label", "label", "overrides")  # never coerced
 
 ID_COLUMNS = ("sweep", "arm_id", "arm_label")
@@ -70,7 +75,7 @@ RUN_COLUMNS = (
     "val_loss_name",
 )
 TAIL_COLUMNS = (
-    "params_real", "params_numel", "peak_memory_bytes",
+    "params_real", "params_numel", "peak_memory_bytes", "pack_size", "pack_id",
     "git_commit", "git_dirty", "set_phi", "phase_truth_constant", "overrides",
     "run_dir", "source", "log",
 )
@@ -241,12 +246,17 @@ def _from_manifest(row: dict, man: dict) -> None:
         row["arm_fields"].setdefault("depth", depth)
     if row.get("overrides") in (None, ""):
         row["overrides"] = _overrides_text(man.get("overrides"))
+    pack = man.get("pack") if isinstance(man.get("pack"), dict) else {}
+    size = pack.get("size")
+    if isinstance(size, int) and not isinstance(size, bool) and size >= 1:
+        row["pack_size"], row["pack_id"] = size, pack.get("id")
 
 
 def read_run(run_dir: Path | None) -> dict:
     """One run's row fields from its folder (``None``: planned, no folder)."""
     row: dict[str, Any] = {"status": "missing", "started": False, "problem": "", "event": False,
-                           "tte_epoch": math.nan, "tte_s": math.nan, "arm_fields": {}}
+                           "tte_epoch": math.nan, "tte_s": math.nan, "arm_fields": {},
+                           "pack_size": 1, "pack_id": None}
     if run_dir is None:
         row["problem"] = "planned, no run folder"
         return row

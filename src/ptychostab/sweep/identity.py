@@ -12,7 +12,7 @@ hash is the first 10 hex digits of the SHA-1 of the *resolved* experiment-defini
 What enters the hash: the top-level nodes in :data:`IDENTITY_KEYS`, minus the run-only leaves
 in :data:`RUN_ONLY_LEAVES`. Everything else is run-only by construction: ``seed`` (a grid axis
 inside the arm), ``sweep`` (the folder above), ``strict``, ``retry`` (which endings a rerun
-trains again), ``paths``, ``plan``, ``cluster``
+trains again), ``pack`` (how many seeds share one job), ``paths``, ``plan``, ``cluster``
 (launcher resources) and ``hydra``. tests/sweep/test_identity.py fails when a top-level key is
 added to the schema without being classified here.
 """
@@ -30,7 +30,8 @@ from ptychostab import config as _config
 
 HASH_DIGITS = 10
 IDENTITY_KEYS = ("data", "arch", "clip", "trainer", "failure", "depth")
-RUN_ONLY_TOP = ("seed", "sweep", "strict", "profile", "retry", "paths", "plan", "cluster")
+RUN_ONLY_TOP = ("seed", "sweep", "strict", "profile", "retry", "pack", "paths", "plan",
+                "cluster")
 # Leaves that do not change what is learnt, only how fast or where it runs / what it is called.
 RUN_ONLY_LEAVES = (
     "data.name",  # a preset's label; the data are defined by the other data fields

@@ -19,6 +19,14 @@ Run-time estimate, per epoch of an arm, first that applies:
    step costs about a third of a training step). A crude guess; 1 and 2 replace it.
 
 A run's minutes = remaining epochs (``max_epochs`` - epochs in its history) x epoch time.
+
+Packs (``pack > 1``, :func:`group_packs`): the unfinished jobs that differ only in ``seed`` (same
+arm, same other overrides) are grouped, in grid order, into packs of up to ``pack`` seeds; each
+pack is one job (its first member, the leader, trains them all in one process). Final runs are
+never packed, so a rerun regroups only the unfinished seeds; a pack of one seed is an ordinary
+job. A pack's memory estimate is ``K x`` the arm's training-memory estimate plus the dataset's
+device bytes once (:func:`dataset_device_gb`); a pack over ``plan.max_memory_gb`` is refused.
+``packs.json`` (:func:`write_packs`) lists the packs for the jobs and the launchers.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import math
 import statistics
 from collections import OrderedDict
@@ -42,7 +51,10 @@ from ptychostab.sweep import identity
 PLAN_CSV = "plan.csv"
 BASE_COLUMNS = ("sweep", "arm_id", "arm_label", "seed", "overrides", "arch", "clip",
                 "clip_value", "depth")
-TAIL_COLUMNS = ("params_real", "params_numel", "memory_gb_estimate", "est_minutes", "status")
+TAIL_COLUMNS = ("params_real", "params_numel", "memory_gb_estimate", "est_minutes", "status",
+                "pack")
+PACKS_JSON = "packs.json"
+PACKS_SCHEMA = 1
 DONE, FAILED, TODO = "done", "failed", "todo"
 
 
@@ -82,12 +94,48 @@ class Arm:
 
 
 @dataclass
+class Pack:
+    """Seeds of one arm trained by one job (the first member, the leader)."""
+
+    pack_id: str  # stable: <arm_id>-seeds-<s1>-<s2>-... (member seeds in grid order)
+    arm_id: str
+    jobs: list[Job]
+    memory_gb: float | None = None  # K x arm training memory + dataset device bytes once
+    dataset_gb: float | None = None
+    refused: str | None = None
+
+    @property
+    def leader(self) -> Job:
+        return self.jobs[0]
+
+    @property
+    def size(self) -> int:
+        return len(self.jobs)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [j.seed for j in self.jobs]
+
+
+def pack_id_of(arm_id: str, seeds: Sequence[int]) -> str:
+    return f"{arm_id}-seeds-" + "-".join(str(s) for s in seeds)
+
+
+@dataclass
 class Plan:
     sweep: str
     sweep_dir: Path
     jobs: list[Job]
     arms: "OrderedDict[str, Arm]"
     settings: dict  # the `plan` node
+    pack_size: int = 1  # the `pack` key (seeds per job)
+    packs: list[Pack] = field(default_factory=list)  # packs of >= 2 seeds (pack_size > 1)
+
+    def pack_of(self, overrides: Sequence[str]) -> Pack | None:
+        """The pack a job belongs to (None: an ordinary job)."""
+        key = tuple(overrides)
+        return next((p for p in self.packs if any(tuple(j.overrides) == key for j in p.jobs)),
+                    None)
 
     def final_jobs(self) -> dict[tuple, str]:
         """Jobs not to run again (a final result), keyed by their override tuple."""
@@ -95,7 +143,8 @@ class Plan:
                 for j in self.jobs if j.status in (DONE, FAILED)}
 
     def refusals(self) -> list[str]:
-        return [f"{a.arm_id}: {a.refused}" for a in self.arms.values() if a.refused]
+        return ([f"{a.arm_id}: {a.refused}" for a in self.arms.values() if a.refused]
+                + [f"pack {p.pack_id}: {p.refused}" for p in self.packs if p.refused])
 
     def counts(self) -> dict[str, int]:
         out = {DONE: 0, FAILED: 0, TODO: 0}
@@ -230,6 +279,7 @@ def build(master: DictConfig, config_loader: Any, *, describe: bool = True) -> P
     jobs: list[Job] = []
     arms: OrderedDict[str, Arm] = OrderedDict()
     errors: OrderedDict[str, list[int]] = OrderedDict()
+    pack_values: set[Any] = set()
     for index, (overrides, with_hydra) in enumerate(
             _compose_jobs(master, config_loader, job_overrides)):
         try:
@@ -239,6 +289,7 @@ def build(master: DictConfig, config_loader: Any, *, describe: bool = True) -> P
             cfgmod.validate(job_cfg)
             aid = identity.arm_id(job_cfg)
             run_dir = _job_dir(with_hydra)
+            pack_values.add(job_cfg.pack)
         except Exception as err:  # composition, interpolation or validation: report them all
             errors.setdefault(_one_line(err), []).append(index)
             continue
@@ -260,18 +311,125 @@ def build(master: DictConfig, config_loader: Any, *, describe: bool = True) -> P
                                        f"{sweep_dir.name!r} cannot run:", *shown[:10]]
                                       + ([f"... {len(shown) - 10} more"] if len(shown) > 10
                                          else [])))
+    if len(pack_values) > 1:
+        raise PlanError(f"pack takes one value per sweep (seeds per job), not a sweep of "
+                        f"{sorted(pack_values)}: give a single value, e.g. pack=5")
     _check_duplicates(jobs)
     settings = OmegaConf.to_container(master.plan, resolve=True) if "plan" in master else {}
     plan = Plan(sweep=str(master.sweep), sweep_dir=sweep_dir, jobs=jobs, arms=arms,
-                settings=dict(settings or {}))
+                settings=dict(settings or {}),
+                pack_size=int(next(iter(pack_values))) if pack_values else 1)
     if describe:
         for arm in arms.values():
             _describe(arm, plan.settings)
     if here:
         for arm in arms.values():
             arm.refused = arm.refused or device_problem(arm.cfg)
+    plan.packs = group_packs(plan.jobs, plan.pack_size)
+    _size_packs(plan)
     _estimate(plan)
     return plan
+
+
+# --- packs ---------------------------------------------------------------------------------------
+def group_packs(jobs: Sequence[Job], size: int) -> list[Pack]:
+    """Packs of up to ``size`` unfinished jobs that differ only in ``seed`` (same arm and same
+    other overrides), in grid order; final jobs are never packed; a lone seed is no pack."""
+    if size <= 1:
+        return []
+    groups: OrderedDict[tuple, list[Job]] = OrderedDict()
+    for job in jobs:
+        if job.status != TODO:
+            continue
+        groups.setdefault((job.arm_id, _split_seed(job.overrides)[0]), []).append(job)
+    packs = []
+    for (arm_id, _), members in groups.items():
+        for start in range(0, len(members), size):
+            chunk = members[start:start + size]
+            if len(chunk) > 1:
+                packs.append(Pack(pack_id=pack_id_of(arm_id, [j.seed for j in chunk]),
+                                  arm_id=arm_id, jobs=chunk))
+    return packs
+
+
+def dataset_device_gb(cfg: Mapping[str, Any]) -> float | None:
+    """Device bytes of one run's dataset (GB): the train and test amplitudes (float32) where
+    they fit ``trainer.max_data_on_device_gb`` (as ``training.batches.place`` decides), plus
+    the probe. A pack holds them once."""
+    try:
+        from ptychostab.data.spec import DataConfig
+
+        spec = DataConfig.from_any(cfg["data"])
+        budget = float(cfg["trainer"]["max_data_on_device_gb"]) * 1e9
+    except Exception:
+        return None
+    per = spec.channels * spec.N * spec.N * 4
+    train, val = spec.n_train * per, spec.n_test * per
+    used = train if train <= budget else 0
+    used += val if val <= budget - used else 0
+    return (used + spec.N * spec.N * 8) / 1e9
+
+
+def _size_packs(plan: Plan) -> None:
+    limit = plan.settings.get("max_memory_gb")
+    for pack in plan.packs:
+        arm = plan.arms[pack.arm_id]
+        pack.dataset_gb = dataset_device_gb(arm.cfg)
+        if arm.memory_gb is None or pack.dataset_gb is None:
+            continue
+        pack.memory_gb = pack.size * arm.memory_gb + pack.dataset_gb
+        if limit is not None and pack.memory_gb > float(limit) and not arm.refused:
+            pack.refused = (f"{pack.size} seeds x {arm.memory_gb:.2f} GB training memory + "
+                            f"{pack.dataset_gb:.2f} GB dataset (once) = {pack.memory_gb:.2f} GB "
+                            f"exceeds plan.max_memory_gb={float(limit):g} (lower pack, "
+                            f"trainer.batch_size or the network, or raise plan.max_memory_gb)")
+
+
+def packs_record(plan: Plan) -> dict:
+    """What ``packs.json`` holds: the packs of this launch (run folders relative to the sweep
+    folder; members in grid order, the first is the leader)."""
+    def rel(path: Path) -> str:
+        try:
+            return path.relative_to(plan.sweep_dir).as_posix()
+        except ValueError:
+            return path.as_posix()
+
+    return {"schema_version": PACKS_SCHEMA, "sweep": plan.sweep, "pack": plan.pack_size,
+            "packs": [{"id": p.pack_id, "arm_id": p.arm_id, "size": p.size,
+                       "leader": rel(p.leader.run_dir),
+                       "memory_gb_estimate": _round(p.memory_gb, 3),
+                       "members": [{"run_dir": rel(j.run_dir), "seed": j.seed,
+                                    "overrides": list(j.overrides)} for j in p.jobs]}
+                      for p in plan.packs]}
+
+
+def write_packs(plan: Plan, path: Path | None = None) -> Path | None:
+    """``packs.json`` in the sweep folder (atomic) when ``pack > 1``; with ``pack = 1`` a stale
+    one from an earlier launch is removed (jobs read it only when ``pack > 1``)."""
+    path = path or plan.sweep_dir / PACKS_JSON
+    if plan.pack_size <= 1:
+        path.unlink(missing_ok=True)
+        return None
+    records.atomic_write_text(path, json.dumps(packs_record(plan), indent=1) + "\n")
+    return path
+
+
+def read_packs(sweep_dir: Path) -> dict | None:
+    loaded = records.read_json(Path(sweep_dir) / PACKS_JSON)
+    return loaded.data if loaded.ok and isinstance(loaded.data, dict) else None
+
+
+def find_pack(sweep_dir: Path, run_dir: Path) -> tuple[dict, int] | None:
+    """(the pack entry of ``packs.json``, this run's index in it) for a run folder, or None."""
+    data = read_packs(sweep_dir)
+    if not data:
+        return None
+    sweep_dir, run_dir = Path(sweep_dir).absolute(), Path(run_dir).absolute()
+    for pack in data.get("packs") or []:
+        for i, member in enumerate(pack.get("members") or []):
+            if (sweep_dir / member["run_dir"]).absolute() == run_dir:
+                return pack, i
+    return None
 
 
 def device_problem(cfg: Mapping[str, Any]) -> str | None:
@@ -420,6 +578,7 @@ def _arm_extra_columns(plan: Plan) -> list[str]:
 
 def rows(plan: Plan) -> list[dict]:
     extra = _arm_extra_columns(plan)
+    pack_by_job = {j.index: p.pack_id for p in plan.packs for j in p.jobs}
     out = []
     for job in plan.jobs:
         arm = plan.arms[job.arm_id]
@@ -429,7 +588,8 @@ def rows(plan: Plan) -> list[dict]:
                **{k: arm.fields.get(k) for k in extra},
                "params_real": arm.params_real, "params_numel": arm.params_numel,
                "memory_gb_estimate": _round(arm.memory_gb, 3),
-               "est_minutes": _round(job.est_minutes, 2), "status": job.status}
+               "est_minutes": _round(job.est_minutes, 2), "status": job.status,
+               "pack": pack_by_job.get(job.index)}
         out.append(row)
     return out
 
@@ -489,6 +649,8 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"    {per[DONE]} done, {per[FAILED]} failed, {per[TODO]} to do")
         if arm.refused:
             lines.append(f"    REFUSED: {arm.refused}")
+    if plan.pack_size > 1:
+        lines += ["", _packs_text(plan)]
     todo = [j for j in plan.jobs if j.status == TODO]
     total = sum(j.est_minutes or 0 for j in todo)
     unknown = sum(j.est_minutes is None for j in todo)
@@ -497,6 +659,27 @@ def format_plan(plan: Plan) -> str:
               + (f" ({unknown} without estimate)" if unknown else "")
               + (f", ~{_fmt_min(total / min(par, max(len(todo), 1)))} wall at {par} in parallel"
                  if par > 1 and todo else "")]
+    return "\n".join(lines)
+
+
+def pack_jobs(plan: Plan) -> int:
+    """Jobs a launch submits: one per pack plus one per unfinished seed in no pack."""
+    packed = {j.index for p in plan.packs for j in p.jobs}
+    return len(plan.packs) + sum(j.status == TODO and j.index not in packed for j in plan.jobs)
+
+
+def _packs_text(plan: Plan) -> str:
+    todo = sum(j.status == TODO for j in plan.jobs)
+    lines = [f"packs (pack={plan.pack_size}): {todo} run(s) to do in {pack_jobs(plan)} job(s), "
+             f"{len(plan.packs)} pack(s) of 2+ seeds (memory: K x training memory + dataset "
+             f"once)"]
+    for p in plan.packs:
+        mem = (f"~{p.memory_gb:.2f} GB ({p.size} x {plan.arms[p.arm_id].memory_gb:.2f} + "
+               f"{p.dataset_gb:.3f} data)" if p.memory_gb is not None else "memory: no estimate")
+        lines.append(f"  {p.pack_id}: {p.size} seeds ({' '.join(map(str, p.seeds))}), "
+                     f"leader seed={p.leader.seed}; {mem}")
+        if p.refused:
+            lines.append(f"    REFUSED: {p.refused}")
     return "\n".join(lines)
 
 

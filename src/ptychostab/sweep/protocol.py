@@ -18,7 +18,10 @@ IDENTITY_KEYS = ("data", "arch", "clip", "trainer", "failure", "depth")
 RUN_ONLY_LEAVES = (
     "data.name", "trainer.accelerator", "trainer.sync_every", "trainer.eval_batch_size",
     "trainer.max_data_on_device_gb", "trainer.compile", "trainer.cuda_graphs", "trainer.tf32",
+    "trainer.progress", "trainer.log_every_n_steps",
 )
+# ``seed``, ``pack`` (seeds per job) and the other run-only top-level keys are outside
+# IDENTITY_KEYS, so they never enter a protocol.
 ALLOWED_WITHIN_STAGE = ("arch.name", "clip.algorithm", "clip.value", "seed")
 DEPTH_KEYS = ("depth", "arch.fno_blocks")
 MISSING = "<absent>"

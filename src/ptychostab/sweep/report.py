@@ -226,6 +226,7 @@ def render(runs: pd.DataFrame, summary: pd.DataFrame, decision: Decision,
         g = summary[summary["stage"] == stage] if len(summary) else summary
         if len(g):
             lines += stage_section(runs, g, stage, rule, metric_names, out_dir)
+    lines += T.pack_section(runs)  # only when some run was packed
     lines += list(drift_lines or [])
     clip_plot = next((p for p in plots if p.endswith("clip_sweep.png")), None)
     lines += clipsweep.clip_section(runs, summary, rule, protocols, clip_plot)

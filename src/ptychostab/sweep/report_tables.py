@@ -129,3 +129,34 @@ def evidence_table(runs: pd.DataFrame, out_dir: Path | None) -> list[str]:
                      f"[{folder}]({folder})" if folder else f"{r['run_dir']} (no folder)",
                      f"[run.log]({log})" if log else "-"])
     return table(header, rows)
+
+
+def pack_section(runs: pd.DataFrame) -> list[str]:
+    """``## Packed runs`` when any run was trained in a pack (``pack_size`` > 1), else nothing:
+    time-to-failure in seconds per pack size (K seeds in one process share its wall clock)
+    and the peak memory per pack size, marked shared (a packed run's ``peak_memory_bytes`` is
+    its pack's process's peak). Epoch counts are per seed and compare across pack sizes."""
+    if "pack_size" not in runs or not (runs["pack_size"].fillna(1) > 1).any():
+        return []
+    header = ["Pack size", "Runs", "Instability", "Time to failure s (median of events)",
+              "Wall s (median, ok)", "Peak memory GB (median)"]
+    rows = []
+    g = runs.assign(_k=runs["pack_size"].fillna(1).astype(int))
+    for k, sel in g.groupby("_k", sort=True):
+        started = sel[sel["started"].fillna(False).astype(bool)]
+        events = started[started["event"].fillna(False).astype(bool)]
+        ok = started[started["status"] == records.OK]
+        peak = pd.to_numeric(started["peak_memory_bytes"], errors="coerce").dropna()
+        mem = fmt(float(peak.median()) / 1e9) if len(peak) else "n/a"
+        rows.append([k, len(started), len(events),
+                     fmt(float(pd.to_numeric(events["tte_s"], errors="coerce").median()))
+                     if len(events) else "n/a",
+                     fmt(float(pd.to_numeric(ok["wall_s"], errors="coerce").median()))
+                     if len(ok) else "n/a",
+                     f"{mem} (shared by {k} seeds)" if k > 1 else mem])
+    return (["## Packed runs", "",
+             "Seeds of a pack trained in one process: its wall clock and its peak memory are "
+             "the pack's, so seconds (and the KM median s above) compare only within one pack "
+             "size, and a packed run's peak memory is shared by the pack's seeds, not its own. "
+             "Epochs and steps are per seed.", ""]
+            + table(header, rows) + [""])

@@ -41,8 +41,12 @@ TINY: dict = {
         "warmup_epochs": 0, "lr_min_ratio": 0.1, "plateau_factor": 0.5, "plateau_patience": 2,
         "plateau_min_lr": 5e-5, "exp_gamma": 0.95, "loss": "mae", "accelerator": "cpu",
         "tf32": True, "compile": False, "cuda_graphs": False, "sync_every": 50,
-        "eval_batch_size": 128, "max_data_on_device_gb": 8.0,
+        "eval_batch_size": 128, "max_data_on_device_gb": 8.0, "progress": "auto",
+        "log_every_n_steps": None,
     },
+    # run-only: the drift probe and the trackers (off here; tests turn them on)
+    "diagnostics": {"every_n_epochs": 1},
+    "logger": {"csv": None, "tensorboard": None, "mlflow": None, "wandb": None},
     "failure": {
         "loss_factor": 100.0, "grad_norm_bound": 1.0e6, "patience_steps": 50,
         # tiny data and a few epochs never reach SSIM 0.5: the SSIM check is off here
