@@ -220,6 +220,48 @@ class ClusterConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """The in-run drift probe (ptychostab.diagnostics.drift); run-only."""
+
+    every_n_epochs: int = 1  # probe after every k-th epoch (and at init, epoch -1); 0: off
+
+
+@dataclass
+class CSVTrackerConfig:
+    enabled: bool = True
+
+
+@dataclass
+class TensorBoardTrackerConfig:
+    enabled: bool = True
+
+
+@dataclass
+class MLflowTrackerConfig:
+    enabled: bool = True
+    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else file:<output_root>/mlruns
+    experiment_name: Optional[str] = None  # null: the sweep name
+
+
+@dataclass
+class WandbTrackerConfig:
+    enabled: bool = True
+    project: str = "ptychostab"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # null: $WANDB_MODE, else offline
+
+
+@dataclass
+class LoggerConfig:
+    """``logger=`` group (conf/logger/): the trackers of every run; an unset entry is off."""
+
+    csv: Optional[CSVTrackerConfig] = None
+    tensorboard: Optional[TensorBoardTrackerConfig] = None
+    mlflow: Optional[MLflowTrackerConfig] = None
+    wandb: Optional[WandbTrackerConfig] = None
+
+
+@dataclass
 class TrainConfig:
     """The primary config (conf/train.yaml). Groups: data, arch, clip, trainer (+ arm,
     launcher, experiment, local). ``seed`` and ``depth`` are plain ints so they sweep."""
@@ -244,6 +286,8 @@ class TrainConfig:
     failure: FailureConfig = field(default_factory=FailureConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
 
 def register_configs() -> None:
@@ -614,6 +658,20 @@ def problems(cfg: Any) -> list[str]:
         c.add("trainer.cuda_graphs=true needs CUDA but trainer.accelerator=cpu")
     c.integer("trainer.sync_every", 1)
     c.choice("trainer.progress", Progress)
+    c.integer("diagnostics.every_n_epochs", 0, " (0 turns the drift probe off)")
+    trackers = [n for n in ("csv", "tensorboard", "mlflow", "wandb")
+                if c.get(f"logger.{n}") is not None and c.get(f"logger.{n}.enabled") is not False]
+    if trackers:
+        from ptychostab.tracking import MissingTracker, check_available
+
+        try:
+            check_available(trackers)
+        except MissingTracker as err:
+            c.add(f"logger: {err}")
+    mode = c.get("logger.wandb.mode") if c.get("logger.wandb") is not None else None
+    if mode is not None and mode not in ("online", "offline", "disabled"):
+        c.add(f"logger.wandb.mode={mode!r}; allowed: online, offline, disabled (or null: "
+              "$WANDB_MODE, else offline)")
     every, sync = c.get("trainer.log_every_n_steps"), c.get("trainer.sync_every")
     if every is not None:
         c.integer("trainer.log_every_n_steps", 0, " (or null: every sync point)")

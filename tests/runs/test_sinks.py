@@ -221,3 +221,22 @@ def test_lightning_noise_is_silenced_where_it_arises(make_cfg, tmp_path, caplog,
         warnings.simplefilter("always")
         rank_zero_warn("The `srun` command is available on your system but is not used.")
     assert len(after) == 1
+
+
+def test_composed_knobs_reach_the_sinks():
+    from ptychostab import config as C
+
+    def sinks(*o):
+        return build_sinks(C.to_plain(C.compose(["data=tiny", *o])))
+
+    default = sinks()
+    assert [type(s) for s in default] == [ActivationSink, TrackerSink, ProgressSink]
+    assert default[1].settings == {"csv": {}} and default[0].every == 1
+    many = sinks("logger=many", "trainer.sync_every=10", "trainer.log_every_n_steps=30",
+                 "diagnostics.every_n_epochs=5", "trainer.progress=bar")
+    assert set(many[1].settings) == {"csv", "tensorboard", "mlflow", "wandb"}
+    assert many[1].settings["wandb"]["project"] == "ptychostab" and many[1].every == 30
+    assert many[0].every == 5 and many[2].mode == "bar"
+    assert sinks("trainer.sync_every=10")[1].every == 10  # null: every sync point
+    assert [type(s) for s in sinks("logger=none", "diagnostics.every_n_epochs=0",
+                                   "trainer.progress=none")] == []

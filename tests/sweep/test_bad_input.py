@@ -58,6 +58,13 @@ BATTERY: list[tuple[list[str], list[str]]] = [
     (["cluster.partion=gpu"], ["cluster.partition"]),
     (["+plan.max_memory=1"], ["plan.max_memory_gb"]),
     (["trainer.zzz=1"], ["trainer", "max_epochs", "batch_size"]),  # no close key: all of them
+    # --- run-only knobs of the watching and drift issues ----------------------------------------
+    (["logger=neptune"], ["logger", "tensorboard"]),
+    (["logger=wandb", "logger.wandb.mode=sometimes"], ["logger.wandb.mode", "offline"]),
+    (["diagnostics.every_n_epochs=-1"], ["diagnostics.every_n_epochs", "off"]),
+    (["trainer.progress=loud"], ["trainer.progress", "bar"]),
+    (["trainer.sync_every=10", "trainer.log_every_n_steps=15"],
+     ["trainer.log_every_n_steps", "multiple"]),
     (["-m", "+trainer.max_epoch=3", "seed=0,1", *GRID], ["trainer.max_epochs"]),
     # --- a name that is not one of the allowed values ------------------------------------------
     (["clip.algorithm=agcc"], ["clip.algorithm", "agc"]),

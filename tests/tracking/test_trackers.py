@@ -186,3 +186,29 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
     vals = [float(h["epoch/val_loss"]) for h in history if "epoch/val_loss" in h]
     assert vals == pytest.approx([0.4, 0.3])
     assert summary["result/status"] == '"ok"'
+
+
+def test_a_missing_tracker_is_refused_at_compose_time_naming_the_extra(monkeypatch):
+    import importlib.util
+
+    from ptychostab import config as C
+
+    cfg = C.compose(["logger=[csv,wandb]", "data=tiny"])
+    assert cfg.logger.wandb.enabled and cfg.logger.csv.enabled and cfg.logger.mlflow is None
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(C.ConfigError, match=r"logger.*wandb.*\[tracking\]"):
+        C.validate(cfg)
+    C.validate(C.compose(["logger=csv", "data=tiny"]))  # csv needs nothing extra
+
+
+def test_logger_knobs_leave_the_arm_id_alone():
+    from ptychostab import config as C
+    from ptychostab.sweep import identity
+
+    ids = {identity.arm_id(C.compose(o)) for o in (
+        ["data=tiny"], ["data=tiny", "logger=many"], ["data=tiny", "logger=none"],
+        ["data=tiny", "diagnostics.every_n_epochs=0"], ["data=tiny", "trainer.progress=none"],
+        ["data=tiny", "trainer.log_every_n_steps=100"])}
+    assert len(ids) == 1

@@ -31,7 +31,7 @@ from ptychostab import config as _config
 HASH_DIGITS = 10
 IDENTITY_KEYS = ("data", "arch", "clip", "trainer", "failure", "depth")
 RUN_ONLY_TOP = ("seed", "sweep", "strict", "profile", "retry", "pack", "paths", "plan",
-                "cluster")
+                "cluster", "logger", "diagnostics")
 # Leaves that do not change what is learnt, only how fast or where it runs / what it is called.
 RUN_ONLY_LEAVES = (
     "data.name",  # a preset's label; the data are defined by the other data fields
