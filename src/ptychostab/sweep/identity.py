@@ -115,10 +115,15 @@ def arm_dict(cfg: Any, overrides: Sequence[str] = ()) -> dict:
         "clip_value": c["clip"].get("value"),
         "depth": c["arch"]["fno_blocks"],
     }
+    profile = c.get("profile")
+    if profile is not None and str(profile) != "default":
+        arm["profile"] = str(profile)  # from the config: the same whichever route chose it
     for text in overrides:
         key, value = _override_key_value(text)
         top = key.split(".")[0].split("@")[0]
         if not key or top in _NOT_ARM_OVERRIDES or key in _COVERED or key.startswith("hydra"):
+            continue
+        if top == "profile":  # a route to knob values, shown above from the config
             continue
         if key in RUN_ONLY_LEAVES:
             continue

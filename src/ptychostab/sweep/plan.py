@@ -641,7 +641,8 @@ def format_plan(plan: Plan) -> str:
                  else "time: no estimate")
         todo_min = sum(j.est_minutes or 0 for j in jobs if j.status == TODO)
         lines.append(f"{arm.arm_id}  {_fields_text(arm.fields)}")
-        lines.append(f"    {size}; {epoch}; to do: {_fmt_min(todo_min)}")
+        profile = arm.cfg.get("profile", "default")
+        lines.append(f"    profile {profile}; {size}; {epoch}; to do: {_fmt_min(todo_min)}")
         lines.append("    seeds: " + " ".join(
             f"{j.seed}:{mark[j.status]}" + (f"({j.result_status}{', retry' if j.retried else ''})"
                                             if j.result_status not in (None, "ok") else "")
