@@ -181,3 +181,31 @@ def test_the_time_limit_check_reads_the_launcher_settings(tmp_path):
         _preflight(["launcher=slurm", "hydra.launcher.timeout_min=1", "seed=0", "data=tiny",
                     f"paths.output_root={tmp_path}"])
     assert not any(tmp_path.iterdir())
+
+
+def test_a_second_single_run_is_refused_before_hydra_touches_the_live_runs_folder(tmp_path):
+    """Two identical single runs at once: the second names the holder and writes nothing."""
+    import datetime
+    import json
+    import os
+    import socket
+
+    from _fixtures import TINY
+
+    from ptychostab.sweep import identity
+
+    args = ["seed=4", *TINY]
+    cfg = C.compose([*args, f"paths.output_root={tmp_path}"])
+    run_dir = identity.run_dir(cfg)
+    run_dir.mkdir(parents=True)
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": None,
+              "pack_id": None, "start_time": "2026-12-01T00:00:00+00:00",
+              "heartbeat_time": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                  timespec="seconds"),
+              "token": "t"}
+    (run_dir / "run.lock").write_text(json.dumps(holder))
+    before = sorted(p.name for p in run_dir.iterdir())
+    proc = train(args, tmp_path)
+    assert proc.returncode != 0, proc.stdout
+    assert f"in use by pid {os.getpid()} on host {socket.gethostname()}" in proc.stdout
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # no .hydra, no log

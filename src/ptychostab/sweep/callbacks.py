@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptychostab import config as cfgmod
 from ptychostab.runs import records
-from ptychostab.runs.lock import RunLocked
+from ptychostab.runs.lock import LOCK, RunLocked, read_lock, stale_reason
 from ptychostab.sweep import identity
 from ptychostab.sweep import plan as planmod
 from ptychostab.sweep.lock import LOCK_NAME, SweepLock, SweepLocked
@@ -140,6 +140,11 @@ class SweepPreflight(Callback):
         except cfgmod.ConfigError as err:
             raise SweepRefused(str(err)) from None
         _refuse(planmod.single_run_refusals(job_cfg))
+        # the same run alive elsewhere: refused before Hydra writes into its folder
+        lock_path = identity.run_dir(job_cfg) / LOCK
+        holder = read_lock(lock_path)
+        if holder is not None and stale_reason(holder) is None:
+            raise SweepRefused(f"{RunLocked(lock_path, holder)}\nNothing was launched.")
         _take_lock(identity.sweep_dir(config), shared=True)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
