@@ -35,6 +35,10 @@ def spectral_weights(job):
             "SpectralConv2d"]
 
 
+def sink_names(job):
+    return [type(s).__name__ for s in job.rec.sinks]
+
+
 def sched(job):
     return eff(job)["scheduler"]
 
@@ -111,6 +115,11 @@ CASES = {
     "trainer.cuda_graphs": ({}, True, "refused"),
     "trainer.sync_every": ({}, 3, lambda j, v: eff(j)["sync_every"] == v),
     "trainer.eval_batch_size": ({}, 4, lambda j, v: eff(j)["eval_batch_size"] == v),
+    # run-only: how the run is watched (the recorder's sinks)
+    "trainer.progress": ({}, "none", lambda j, v: "ProgressSink" not in sink_names(j)),
+    "trainer.log_every_n_steps": ({"logger.csv": {"enabled": True}}, 100, lambda j, v:
+                                  next(s for s in j.rec.sinks
+                                       if type(s).__name__ == "TrackerSink").every == v),
     "trainer.max_data_on_device_gb": ({}, 0.0, lambda j, v:
                                       eff(j)["data_on_device"]["train"] is False),
     "failure.loss_factor": ({}, 3.0, lambda j, v: eff(j)["failure"]["loss_factor"] == v),

@@ -87,7 +87,7 @@ class _Job:
         self.cfg, self.guard, self.retry = cfg, guard, tuple(retry)
         self.rec = recorder or RunRecorder(
             run_dir, config=OmegaConf.to_container(cfg, resolve=True), arm=arm, arm_id=arm_id,
-            overrides=overrides)
+            overrides=overrides, sinks=build_sinks(cfg))
         self.run_dir, self.seed = self.rec.run_dir, self.rec.seed
         self.device = torch.device("cpu")
         self.module: PtychoModule | None = None
