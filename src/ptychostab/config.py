@@ -68,7 +68,7 @@ class Choice(str, Enum):
 class ArchName(Choice):
     hybrid = "hybrid"
     stable_hybrid = "stable_hybrid"
-    stable_hybrid_ls = "stable_hybrid_ls"  # the reference HEAD's block (conf/arch/stable_hybrid_ls)
+    stable_hybrid_ls = "stable_hybrid_ls"  # the reference HEAD's block (conf/arch/)
     layerscale_hybrid = "layerscale_hybrid"
     fno = "fno"
 
@@ -239,7 +239,7 @@ class TensorBoardTrackerConfig:
 @dataclass
 class MLflowTrackerConfig:
     enabled: bool = True
-    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else file:<output_root>/mlruns
+    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else <output_root>/mlruns
     experiment_name: Optional[str] = None  # null: the sweep name
 
 

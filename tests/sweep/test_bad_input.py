@@ -74,7 +74,7 @@ BATTERY: list[tuple[list[str], list[str]]] = [
     (["trainer.accelerator=tpu"], ["trainer.accelerator", "cuda"]),
     (["arch.name=unet"], ["arch.name", "stable_hybrid"]),
     (["data.probe.kind=gaussian"], ["data.probe.kind", "defocused_disk"]),
-    # --- a wrong type -----------------------------------------------------------------------------
+    # --- a wrong type ----------------------------------------------------------------------------
     (["depth=four"], ["depth"]),
     (["seed=abc"], ["seed"]),
     (["trainer.lr=fast"], ["trainer.lr"]),
@@ -127,7 +127,7 @@ BATTERY: list[tuple[list[str], list[str]]] = [
     (["-m", "seed=0,1", "plan.max_memory_gb=1e-6", *GRID], ["plan.max_memory_gb"]),
     (["trainer.cuda_graphs=true", "trainer.accelerator=cpu"], ["trainer.cuda_graphs"]),
     *([] if _cuda() else [(["trainer.accelerator=cuda"], ["trainer.accelerator=cuda", "CUDA"])]),
-    # --- grids and seeds --------------------------------------------------------------------------
+    # --- grids and seeds -------------------------------------------------------------------------
     (["-m", "seed=range(0)", *GRID], ["seed", "empty"]),
     (["-m", "seed=[]", *GRID], ["seed"]),
     (["seed=range(0)"], ["seed"]),
@@ -146,7 +146,7 @@ BATTERY: list[tuple[list[str], list[str]]] = [
      ["hydra.sweep.subdir", "<arm_id>/seed=<seed>"]),
     (["-m", "hydra.sweep.subdir=${hydra.job.override_dirname}", "seed=0,1", *GRID],
      ["hydra.sweep.subdir", "<arm_id>/seed=<seed>"]),
-    # --- retry ------------------------------------------------------------------------------------
+    # --- retry -----------------------------------------------------------------------------------
     (["retry=[ok]"], ["retry", "oom", "exception"]),
     (["retry=[infra]"], ["retry", "not final"]),
     (["retry=[oomm]"], ["retry", "oom"]),

@@ -254,7 +254,8 @@ def test_pack_is_run_only_and_validated():
 
 
 def test_packed_sweep_refuses_a_custom_subdir(tmp_path):
-    res = train(["-m", "seed=0,1", "pack=2", 'hydra.sweep.subdir="mine/${arm_id:}/seed=${job:seed}"',
+    res = train(["-m", "seed=0,1", "pack=2",
+                 'hydra.sweep.subdir="mine/${arm_id:}/seed=${job:seed}"',
                  *FAST], tmp_path)
     assert res.returncode != 0
     assert "hydra.sweep.subdir=mine/" in res.stdout and "with pack=2" in res.stdout
@@ -283,7 +284,7 @@ def test_dry_run_shows_packs_and_refuses_packs_over_the_memory_budget(tmp_path, 
     capsys.readouterr()
 
 
-# --- the launchers submit only pack leaders -------------------------------------------------------
+# --- the launchers submit only pack leaders ------------------------------------------------------
 class _Job:
     def __init__(self, i, outcome):
         self.job_id, self.outcome, self.watcher = f"88_{i}", outcome, self
@@ -333,7 +334,8 @@ def test_launcher_submits_one_job_per_pack(tmp_path, monkeypatch):
     # hybrid: pack (0,1,2) + lone 3; stable_hybrid: 1 is final, pack (0,2,3)
     assert [o[1] for o in fake.submitted] == ["seed=0", "seed=3", "seed=0"]
     assert len(returns) == 8 and all(r.status == JobStatus.COMPLETED for r in returns)
-    assert returns[1].return_value.startswith("packed into ") and "seed=0" in returns[1].return_value
+    assert returns[1].return_value.startswith("packed into ")
+    assert "seed=0" in returns[1].return_value
     assert returns[5].return_value == "skipped (ok)"
 
 
@@ -452,7 +454,7 @@ def test_slurm_packs_ask_for_the_one_gpu_and_never_run_two_at_once(tmp_path):
             leaders.append(d)
     assert len(leaders) == 3
     spans = sorted(_intervals(sweep_dir, leaders))
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end, f"two packs ran at once: {spans}"
     rerun = train(args, tmp_path, timeout=600)
     assert rerun.returncode == 0 and "Submitted" not in rerun.stdout

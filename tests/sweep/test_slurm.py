@@ -142,8 +142,9 @@ def test_scheduler_kills_are_not_final(tmp_path, monkeypatch, state, status, cau
 
 
 def test_a_job_killed_without_a_plan_is_reported_killed(tmp_path, monkeypatch):
-    from hydra_plugins.ptychostab_launcher.launcher import JobKilled
     from submitit.core.utils import UncompletedJobError
+
+    from hydra_plugins.ptychostab_launcher.launcher import JobKilled
 
     monkeypatch.setitem(callbacks._STATE, "plan", None)  # e.g. another sweeper: no plan
     fake = _FakeExecutor({("seed=0",): UncompletedJobError("killed (state: CANCELLED)")})

@@ -1,4 +1,5 @@
-"""Trackers through real jobs: a resumed run continues its tracker runs, a restart starts new ones."""
+"""Trackers through real jobs: a resumed run continues its tracker runs; a restart starts new
+ones."""
 
 import pytest
 

@@ -1,7 +1,6 @@
 """The LightningModule under a Trainer: the step as defined, no host sync, sync cadence."""
 
 import math
-import math
 import sys
 from pathlib import Path
 
@@ -150,7 +149,7 @@ def test_on_sync_gets_the_last_step_values_from_the_sync_transfer(make_cfg, monk
     fit(m)
     assert [s for s, _ in seen] == [2, 4, 6, 8]  # 4 steps per epoch, every 2 steps
     assert len(transfers) == len(seen) + 2  # one per sync point, plus the 2 epoch summaries
-    for step, values in seen:
+    for _step, values in seen:
         assert set(values) == {"train_loss", "grad_norm_pre", "grad_norm_post"}
         assert all(math.isfinite(v) for v in values.values())
     # the last step of each epoch: its loss is the buffer's last entry of that epoch

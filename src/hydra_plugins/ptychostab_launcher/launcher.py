@@ -26,7 +26,7 @@ Requeue on preemption/time-out is the stock mechanism: submitit's USR2 handler c
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 

@@ -116,7 +116,8 @@ def load_probe_guess(path: str | os.PathLike, N: int) -> np.ndarray:
             files = list(npz.files)
             raw: Any = npz["probeGuess"] if "probeGuess" in files else None
     except Exception as err:  # not a zip, pickled objects, truncated members
-        raise ValueError(f"{where}={path!r} is not a readable NPZ file (not an NPZ, or damaged): {err}") from err
+        raise ValueError(f"{where}={path!r} is not a readable NPZ file (not an NPZ, or "
+                         f"damaged): {err}") from err
     if raw is None:
         raise ValueError(f"{where}={path!r} has no key 'probeGuess' (keys: {sorted(files)})")
     if not isinstance(raw, np.ndarray):  # a zip whose member is not a .npy array

@@ -35,9 +35,8 @@ import pandas as pd
 
 from ptychostab.runs import records
 from ptychostab.sweep import decide as dec
-from ptychostab.sweep import drift
+from ptychostab.sweep import drift, stats
 from ptychostab.sweep import report as rep
-from ptychostab.sweep import stats
 from ptychostab.sweep.collect import Collected, collect
 
 STAGE_ORDER = {"A": 0, "B": 1, "clip": 2, "": 3}

@@ -69,7 +69,8 @@ def preflight(config: DictConfig) -> planmod.Plan | None:
     lock_dir = Path(str(config.hydra.sweep.dir))
     pack = OmegaConf.select(config, "pack", default=1)
     if not planmod.is_basic_sweeper(config) and isinstance(pack, int) and pack > 1:
-        _refuse([f"pack={pack} with the sweeper {OmegaConf.select(config, 'hydra.sweeper._target_')}"
+        sweeper = OmegaConf.select(config, "hydra.sweeper._target_")
+        _refuse([f"pack={pack} with the sweeper {sweeper}"
                  f": packing groups the seeds of the grid, which only the basic grid sweeper "
                  f"expands before launching; use pack=1 with this sweeper"])
     if not planmod.is_basic_sweeper(config):
@@ -97,7 +98,8 @@ def preflight(config: DictConfig) -> planmod.Plan | None:
 
 
 def _sweep_mode(config: DictConfig) -> int | None:
-    """``hydra.sweep.mode`` (octal digits, e.g. ``+hydra.sweep.mode=775``), as submitit reads it."""
+    """``hydra.sweep.mode`` (octal digits, e.g. ``+hydra.sweep.mode=775``), as submitit
+    reads it."""
     mode = OmegaConf.select(config, "hydra.sweep.mode", default=None)
     return None if mode is None else int(str(mode), 8)
 
