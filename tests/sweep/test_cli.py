@@ -45,6 +45,7 @@ def test_usage_line_writes_8_result_records(sweep):
     assert h0[0]["train_loss"] != h1[0]["train_loss"]  # the seeds differ
 
 
+@pytest.mark.slow  # 12 s: a whole extra single run
 def test_seed_zero_is_honoured(sweep, tmp_path):
     """seed=0 seeds the run (no `if cfg.seed:` bug): a second seed=0 run repeats it exactly."""
     sweep_dir, _ = sweep

@@ -51,6 +51,7 @@ def _free(path) -> bool:
         return False
 
 
+@pytest.mark.slow  # 13 s; the lock itself is tested in-process above
 def test_train_refuses_a_sweep_folder_in_use(tmp_path):
     """The CLI path: a held lock makes `train.py -m` exit non-zero before any job."""
     with SweepLock(tmp_path / "default"):

@@ -180,6 +180,7 @@ def test_member_configs_equal_their_own_jobs_composed_configs(packed_sweep):
         assert [m["cfg"]["seed"] for m in group] == [0, 1, 2]
 
 
+@pytest.mark.slow  # 17 s; the unpacked rerun is in the default suite (test_cli)
 def test_rerun_of_a_packed_sweep_trains_nothing_and_regroups_nothing(packed_sweep, tmp_path):
     sweep_dir, _, _ = packed_sweep
     before = {p: p.read_bytes() for p in result_files(sweep_dir)}
