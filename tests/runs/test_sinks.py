@@ -78,22 +78,34 @@ def test_every_n_epochs_thins_the_probe(make_cfg, tmp_path):
 
 
 def test_probe_batch_is_the_same_across_arms_and_seeds(make_cfg, tmp_path):
-    """Same data config -> same probe batch: the initial rows of two seeds of the stable arm
-    (identity at init) see the same input statistics at the first block."""
-    for seed in (0, 1):
-        _run(_cfg(make_cfg, **{"arch.name": "stable_hybrid", "seed": seed,
-                               "trainer.max_epochs": 1}), tmp_path / f"s{seed}")
-    first = [next(r for r in read_activations(tmp_path / f"s{s}" / ACTIVATIONS)
-                  if r["epoch"] == -1 and r["block"] == 0) for s in (0, 1)]
-    # zero-gamma blocks: output = input, so the block output's moments are the lifted input's;
-    # the lifter differs by seed, so compare the update (exactly 0 for both) and shapes
-    assert [f["update_abs_mean"] for f in first] == [0.0, 0.0]
-    from ptychostab.diagnostics.drift import probe_indices
-    from ptychostab.runs.build import load_data
+    """Same data config -> the same 16 probe patterns, whatever the arm and the seed."""
+    from ptychostab.runs import job as job_mod
+    from ptychostab.runs.signals import PreemptionGuard
 
-    data = load_data(_cfg(make_cfg))
-    idx = probe_indices(len(data.test_amp))
-    assert idx.tolist() == probe_indices(len(load_data(_cfg(make_cfg, seed=5)).test_amp)).tolist()
+    batches = []
+    for k, over in enumerate(({"seed": 0}, {"seed": 7, "arch.name": "stable_hybrid"},
+                              {"seed": 3, "clip.algorithm": "agc", "clip.value": 0.01})):
+        job = job_mod._Job(_cfg(make_cfg, **over), tmp_path / f"r{k}", {}, "a", [],
+                           PreemptionGuard())
+        job.run_dir.mkdir(parents=True)
+        job.setup()
+        sink = next(s for s in job.rec.sinks if isinstance(s, ActivationSink))
+        batches.append(sink.log.probe.batch)
+        job.rec.end(None)
+    assert batches[0].shape[0] == 9  # the tiny set has 9 validation patterns: all of them
+    assert all(torch.equal(batches[0], b) for b in batches[1:])
+    big = _cfg(make_cfg, **{"data.size": 64})  # more test patterns: 16 of them, spread out
+    job = job_mod._Job(big, tmp_path / "big", {}, "a", [], PreemptionGuard())
+    job.run_dir.mkdir(parents=True)
+    job.setup()
+    sink = next(s for s in job.rec.sinks if isinstance(s, ActivationSink))
+    n_val = job.module.val_data.shape[0]
+    assert n_val > 16 and sink.log.probe.batch.shape[0] == 16
+    from ptychostab.diagnostics.drift import probe_indices
+
+    idx = torch.as_tensor(probe_indices(n_val))
+    assert torch.equal(sink.log.probe.batch, job.module.val_data[idx])
+    job.rec.end(None)
 
 
 def test_a_failed_run_keeps_the_rows_before_its_failure(make_cfg, tmp_path):
