@@ -79,3 +79,34 @@ def write_run(run_dir: Path, *, status: str | None, epochs: int = 0, epoch_s: fl
             metrics={}, metrics_best=None, grad_norm={}, epochs_completed=epochs,
             global_step=10 * epochs, wall_s=epoch_s * epochs, params={},
             peak_memory_bytes=None))
+
+
+class FakeJob:
+    """A submitit job double: ``results()`` returns or raises its outcome; SLURM says
+    CANCELLED (what the launcher reads for a job that ended without a result)."""
+
+    def __init__(self, idx: int, outcome):
+        self.job_id = f"77_{idx}"
+        self.outcome = outcome
+        self.watcher = self
+
+    def get_state(self, job_id, mode="standard"):
+        return "CANCELLED by 0"
+
+    def results(self):
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return [self.outcome]
+
+
+class FakeExecutor:
+    """A submitit executor double: records what was submitted; ``outcome(overrides)`` (a
+    callable, or a dict keyed by the overrides tuple) gives each job's outcome."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome if callable(outcome) else (lambda o: outcome[tuple(o)])
+        self.submitted = []
+
+    def map_array(self, fn, overrides, *rest):
+        self.submitted = [list(o) for o in overrides]
+        return [FakeJob(i, self.outcome(o)) for i, o in enumerate(overrides)]

@@ -17,7 +17,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from _fixtures import FAST, PY, TINY, result_files, run_dirs, status_of, train, write_run
+from _fixtures import (
+    FAST,
+    PY,
+    TINY,
+    FakeExecutor,
+    result_files,
+    run_dirs,
+    status_of,
+    train,
+    write_run,
+)
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
@@ -286,28 +296,6 @@ def test_dry_run_shows_packs_and_refuses_packs_over_the_memory_budget(tmp_path, 
 
 
 # --- the launchers submit only pack leaders ------------------------------------------------------
-class _Job:
-    def __init__(self, i, outcome):
-        self.job_id, self.outcome, self.watcher = f"88_{i}", outcome, self
-
-    def get_state(self, job_id, mode="standard"):
-        return "CANCELLED by 0"
-
-    def results(self):
-        if isinstance(self.outcome, Exception):
-            raise self.outcome
-        return [self.outcome]
-
-
-class _Executor:
-    def __init__(self, outcome):
-        self.outcome, self.submitted = outcome, []
-
-    def map_array(self, fn, overrides, *rest):
-        self.submitted = [list(o) for o in overrides]
-        return [_Job(i, self.outcome(o)) for i, o in enumerate(overrides)]
-
-
 def _launcher(plan, monkeypatch, outcome):
     from hydra_plugins.ptychostab_launcher.launcher import PtychoSlurmLauncher
 
@@ -316,7 +304,7 @@ def _launcher(plan, monkeypatch, outcome):
     params.pop("_target_")
     launcher = PtychoSlurmLauncher(**params)
     launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(plan.sweep_dir)}}})
-    fake = _Executor(outcome)
+    fake = FakeExecutor(outcome)
     monkeypatch.setattr(launcher, "_executor", lambda submitit: fake)
     monkeypatch.setitem(callbacks._STATE, "plan", plan)
     return launcher, fake

@@ -11,7 +11,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _fixtures import FAST, TINY, result_files, run_dirs, status_of, train, wait_for, write_run
+from _fixtures import (
+    FAST,
+    TINY,
+    FakeExecutor,
+    result_files,
+    run_dirs,
+    status_of,
+    train,
+    wait_for,
+    write_run,
+)
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
@@ -67,30 +77,6 @@ def test_sbatch_script_omits_what_is_null(tmp_path, monkeypatch):
     assert "--gpus-per-node" not in text and "--partition" not in text and "--mem" not in text
 
 
-class _FakeJob:
-    def __init__(self, idx: int, outcome):
-        self.job_id = f"77_{idx}"
-        self.outcome = outcome
-        self.watcher = self
-
-    def get_state(self, job_id, mode="standard"):
-        return "CANCELLED by 0"
-
-    def results(self):
-        if isinstance(self.outcome, Exception):
-            raise self.outcome
-        return [self.outcome]
-
-
-class _FakeExecutor:
-    def __init__(self, outcomes):
-        self.outcomes, self.submitted = outcomes, []
-
-    def map_array(self, fn, overrides, *rest):
-        self.submitted = [list(o) for o in overrides]
-        return [_FakeJob(i, self.outcomes[tuple(o)]) for i, o in enumerate(overrides)]
-
-
 def test_launcher_skips_final_runs_waits_for_all_and_records_killed_ones(tmp_path, monkeypatch):
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
@@ -107,7 +93,7 @@ def test_launcher_skips_final_runs_waits_for_all_and_records_killed_ones(tmp_pat
     outcomes = {tuple(killed.overrides): UncompletedJobError("no output (state: CANCELLED)"),
                 tuple(never.overrides): UncompletedJobError("never started"),
                 tuple(broken.overrides): FailedJobError("Traceback: boom")}
-    fake = _FakeExecutor(outcomes)
+    fake = FakeExecutor(outcomes)
     params = _launcher_params(["launcher=slurm"])
     launcher = PtychoSlurmLauncher(**params)
     launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(plan.sweep_dir)}}})
@@ -147,7 +133,7 @@ def test_a_job_killed_without_a_plan_is_reported_killed(tmp_path, monkeypatch):
     from hydra_plugins.ptychostab_launcher.launcher import JobKilled
 
     monkeypatch.setitem(callbacks._STATE, "plan", None)  # e.g. another sweeper: no plan
-    fake = _FakeExecutor({("seed=0",): UncompletedJobError("killed (state: CANCELLED)")})
+    fake = FakeExecutor({("seed=0",): UncompletedJobError("killed (state: CANCELLED)")})
     launcher = PtychoSlurmLauncher(**_launcher_params(["launcher=slurm"]))
     launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     monkeypatch.setattr(launcher, "_executor", lambda submitit: fake)

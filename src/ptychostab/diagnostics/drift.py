@@ -23,7 +23,6 @@ completed, so a kill between the file and the checkpoint never duplicates or los
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 from dataclasses import dataclass, field
@@ -33,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import atomic_write_text
-from ..models.layers import SpectralResidualBlock
+from ..runs.records import ACTIVATIONS, write_csv
+from .activations import iter_blocks
 
 __all__ = [
     "ACTIVATIONS",
@@ -48,7 +47,6 @@ __all__ = [
     "write_activations",
 ]
 
-ACTIVATIONS = "activations.csv"
 PROBE_SIZE = 16
 SATURATION_THRESHOLD = -3.0  # GELU(x) for x < -3 is within 0.4% of 0: a dead unit
 INIT_EPOCH = -1
@@ -89,10 +87,6 @@ def probe_indices(n_patterns: int, size: int = PROBE_SIZE) -> np.ndarray:
     return np.unique(np.linspace(0, n_patterns - 1, k).round().astype(np.int64))
 
 
-def _blocks(model: nn.Module) -> list[tuple[str, SpectralResidualBlock]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, SpectralResidualBlock)]
-
-
 class DriftProbe:
     """Per-block activation statistics of ``generator`` on one fixed batch.
 
@@ -107,7 +101,7 @@ class DriftProbe:
     def __init__(self, generator: nn.Module, batch: torch.Tensor):
         self.generator = generator
         self.batch = batch
-        self.blocks = _blocks(generator)
+        self.blocks = iter_blocks(generator)
         self.full_resolution = int(batch.shape[-1])
 
     @torch.no_grad()
@@ -170,14 +164,8 @@ class DriftProbe:
 
 
 def write_activations(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Rewrite the whole ``activations.csv`` atomically (a few hundred rows)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(ACTIVATION_COLUMNS), extrasaction="raise")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: ("" if v is None or (isinstance(v, float) and math.isnan(v))
-                             else v) for k, v in row.items()})
-    atomic_write_text(path, buf.getvalue())
+    """Rewrite the whole ``activations.csv`` atomically (a few hundred rows), as history."""
+    write_csv(path, rows, ACTIVATION_COLUMNS)
 
 
 def read_activations(path: str | os.PathLike) -> list[dict]:

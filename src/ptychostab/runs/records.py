@@ -41,6 +41,7 @@ MANIFEST = "manifest.json"
 HISTORY = "history.csv"
 RESULT = "result.json"
 TRACEBACK = "traceback.txt"
+ACTIVATIONS = "activations.csv"  # the drift probe's rows (ptychostab.diagnostics.drift)
 LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
 RECON = "recon.npz"
@@ -126,15 +127,36 @@ def may_replace(current: str | None, new: str, *, by_run: bool) -> bool:
 
 
 # --- atomic writers (one implementation: ptychostab.atomic) ---------------------------------
-def write_history(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Rewrite the whole ``history.csv`` atomically (a few hundred rows at most)."""
-    extra = sorted({k for r in rows for k in r} - set(HISTORY_COLUMNS))
+def write_csv(path: str | os.PathLike, rows: list[dict], columns: tuple[str, ...]) -> None:
+    """Rewrite a whole per-run CSV atomically: ``columns`` first, any other keys after them
+    (sorted); None as an empty cell."""
+    extra = sorted({k for r in rows for k in r} - set(columns))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[*HISTORY_COLUMNS, *extra], extrasaction="raise")
+    writer = csv.DictWriter(buf, fieldnames=[*columns, *extra], extrasaction="raise")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     atomic_write_text(path, buf.getvalue())
+
+
+def write_history(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Rewrite the whole ``history.csv`` atomically (a few hundred rows at most)."""
+    write_csv(path, rows, HISTORY_COLUMNS)
+
+
+def flatten(obj: Any, prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (``sep`` joins the keys; lists and empty mappings
+    stay values)."""
+    if not isinstance(obj, dict):
+        return {prefix: obj} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name, sep))
+        else:
+            out[name] = value
+    return out
 
 
 # --- tolerant readers ------------------------------------------------------------------------

@@ -91,9 +91,7 @@ class ActivationSink(Sink):
     restored weights if its rows did not land before the kill (an epoch-end checkpoint holds
     exactly the weights they were measured on)."""
 
-    from ptychostab.diagnostics.drift import ACTIVATIONS as _FILE
-
-    files = (_FILE,)
+    files = (records.ACTIVATIONS,)
 
     def __init__(self, every_n_epochs: int):
         self.every = int(every_n_epochs)
@@ -102,7 +100,7 @@ class ActivationSink(Sink):
     def on_ready(self, run: RunRecorder, module) -> None:
         from ptychostab.diagnostics.drift import ActivationLog
 
-        self.log = ActivationLog(run.path(self._FILE), every_n_epochs=self.every)
+        self.log = ActivationLog(run.path(records.ACTIVATIONS), every_n_epochs=self.every)
         self.log.attach(module.generator, module.val_data, module.device_)
         at_epoch_end = run.checkpoint is not None and module.step_in_epoch == 0
         self.log.start(completed_epochs=module.epoch, weights_at_epoch_end=at_epoch_end)

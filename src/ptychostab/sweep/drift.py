@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from ptychostab.runs import records
+from ptychostab.runs.records import ACTIVATIONS
 
-ACTIVATIONS = "activations.csv"
 PRE_FAILURE_EPOCHS = 5
 ARCH_FIX_ROLE = "arch_fix"
 CONTROL_ROLE = "control"

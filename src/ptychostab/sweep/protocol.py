@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ptychostab.runs.records import flatten
+
 IDENTITY_KEYS = ("data", "arch", "clip", "trainer", "failure", "depth")
 RUN_ONLY_LEAVES = (
     "data.name", "trainer.accelerator", "trainer.sync_every", "trainer.eval_batch_size",
@@ -25,20 +27,6 @@ RUN_ONLY_LEAVES = (
 ALLOWED_WITHIN_STAGE = ("arch.name", "clip.algorithm", "clip.value", "seed")
 DEPTH_KEYS = ("depth", "arch.fno_blocks")
 MISSING = "<absent>"
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
-    if not isinstance(obj, dict):
-        return {prefix: obj} if prefix else {}
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name))
-        else:
-            out[name] = value
-    return out
 
 
 def protocol_of(config: Any) -> dict[str, Any] | None:

@@ -73,21 +73,18 @@ def check_available(names) -> None:
                              f"`pip install -e '.[{EXTRA}]'` (or choose logger=csv / none)")
 
 
-def flatten(obj: Any, prefix: str = "", sep: str = "/") -> dict[str, Any]:
-    """Nested mappings to ``{"a/b/c": value}``; lists and None become strings/"null"."""
-    out: dict[str, Any] = {}
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}{k}{sep}", sep))
-        return out
-    key = prefix[: -len(sep)] if prefix else "value"
-    if obj is None:
-        out[key] = "null"
-    elif isinstance(obj, (bool, int, float, str)):
-        out[key] = obj
-    else:
-        out[key] = str(obj)
-    return out
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to ``{"a/b/c": value}`` (:func:`ptychostab.runs.records.flatten` with
+    ``/``, as trackers group keys), values a tracker accepts: None -> ``"null"``, lists and
+    other objects -> their text."""
+    from ptychostab.runs.records import flatten as _flatten
+
+    def value(v: Any) -> Any:
+        if v is None:
+            return "null"
+        return v if isinstance(v, (bool, int, float, str)) else str(v)
+
+    return {k: value(v) for k, v in _flatten(dict(obj), prefix.rstrip("/"), "/").items()}
 
 
 def _numbers(d: Mapping, prefix: str) -> dict[str, float]:
