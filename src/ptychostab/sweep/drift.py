@@ -25,6 +25,7 @@ import pandas as pd
 
 from ptychostab.runs import records
 from ptychostab.runs.records import ACTIVATIONS
+from ptychostab.sweep.report_tables import relative_path
 
 PRE_FAILURE_EPOCHS = 5
 ARCH_FIX_ROLE = "arch_fix"
@@ -327,14 +328,7 @@ def drift_section(runs: pd.DataFrame, *, report_dir: Path, plots_dir: Path,
                 lines.append(f"(plot {name} skipped: {type(err).__name__}: {err})")
                 continue
             if p is not None:
-                lines.append(f"![{name}]({_rel(p, report_dir)})")
+                lines.append(f"![{name}]({relative_path(str(p), report_dir)})")
         lines.append("")
     lines += ["Reading:", ""] + reading_lines(reading_numbers(runs, acts)) + [""]
     return lines
-
-
-def _rel(path: Path, base: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path(base).resolve()))
-    except ValueError:
-        return str(path)

@@ -95,7 +95,9 @@ def metrics_table(g: pd.DataFrame, metric_names: list[str]) -> list[str]:
     return table(header, rows)
 
 
-def _rel(path: str | None, out_dir: Path | None, name: str = "") -> str | None:
+def relative_path(path: str | None, out_dir: Path | None, name: str = "") -> str | None:
+    """``path`` (/``name``) relative to the report's folder ``out_dir``, POSIX style (links in
+    report.md); None for no path."""
     if not isinstance(path, str) or not path:
         return None
     target = Path(path) / name if name else Path(path)
@@ -120,8 +122,8 @@ def evidence_table(runs: pd.DataFrame, out_dir: Path | None) -> list[str]:
               "Final val loss", "Max grad norm", "Wall s", "Run folder", "Log"]
     rows = []
     for _, r in g.iterrows():
-        folder = _rel(r.get("_path"), out_dir)
-        log = _rel(r.get("_path"), out_dir, str(r["log"])) if r.get("log") else None
+        folder = relative_path(r.get("_path"), out_dir)
+        log = relative_path(r.get("_path"), out_dir, str(r["log"])) if r.get("log") else None
         rows.append([r["arm_label"], r["seed"], f"{r['status']} ({r['category']})",
                      _failure_cell(r), fmt(_num(r.get("best_val_loss"))),
                      fmt(_num(r.get("final_val_loss"))), fmt(_num(r.get("grad_norm_pre_max"))),
