@@ -24,3 +24,22 @@ def _torch_threads():
     except ImportError:  # pure tests (aggregator) need no torch
         pass
     yield
+
+
+@pytest.fixture
+def trackers_installed(monkeypatch):
+    """Pretend the optional trackers (the ``[tracking]`` extra) are installed, for tests of
+    composition and knobs that never import them (``make test`` does not install the extra)."""
+    import importlib.machinery
+    import importlib.util
+
+    real = importlib.util.find_spec
+    names = {"tensorboard", "mlflow", "wandb"}
+
+    def find_spec(name, *args, **kwargs):
+        if name in names:
+            return real(name, *args, **kwargs) or importlib.machinery.ModuleSpec(name, None)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    return names

@@ -235,7 +235,7 @@ def test_lightning_noise_is_silenced_where_it_arises(make_cfg, tmp_path, caplog,
     assert len(after) == 1
 
 
-def test_composed_knobs_reach_the_sinks():
+def test_composed_knobs_reach_the_sinks(trackers_installed):
     from ptychostab import config as C
 
     def sinks(*o):

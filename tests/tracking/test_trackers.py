@@ -83,6 +83,7 @@ def test_csv_logs_epochs_steps_result_and_survives_resume(tmp_path):
     assert not (ident.run_dir / "lightning_logs").exists()
 
 
+@pytest.mark.slow  # needs the [tracking] extra, which `make test-slow` installs first
 def test_tensorboard_event_files_read_back(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -188,22 +189,23 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
     assert summary["result/status"] == '"ok"'
 
 
-def test_a_missing_tracker_is_refused_at_compose_time_naming_the_extra(monkeypatch):
+def test_a_missing_tracker_is_refused_at_compose_time_naming_the_extra(monkeypatch,
+                                                                       trackers_installed):
     import importlib.util
 
     from ptychostab import config as C
 
     cfg = C.compose(["logger=[csv,wandb]", "data=tiny"])
     assert cfg.logger.wandb.enabled and cfg.logger.csv.enabled and cfg.logger.mlflow is None
-    real = importlib.util.find_spec
+    installed = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "wandb" else real(name, *a))
+                        lambda name, *a: None if name == "wandb" else installed(name, *a))
     with pytest.raises(C.ConfigError, match=r"logger.*wandb.*\[tracking\]"):
         C.validate(cfg)
     C.validate(C.compose(["logger=csv", "data=tiny"]))  # csv needs nothing extra
 
 
-def test_logger_knobs_leave_the_arm_id_alone():
+def test_logger_knobs_leave_the_arm_id_alone(trackers_installed):
     from ptychostab import config as C
     from ptychostab.sweep import identity
 
