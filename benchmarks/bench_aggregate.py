@@ -24,11 +24,11 @@ from unittest import mock
 
 import numpy as np
 
+from ptychostab.analysis import collect as col
+from ptychostab.analysis import decide as dec
+from ptychostab.analysis import pipeline as agg
+from ptychostab.report import render as rep
 from ptychostab.runs import records
-from ptychostab.sweep import aggregate as agg
-from ptychostab.sweep import collect as col
-from ptychostab.sweep import decide as dec
-from ptychostab.sweep import report as rep
 
 REPO = Path(__file__).resolve().parents[1]
 FAIL_KINDS = ("nonfinite", "diverged", "collapsed", "exception", "oom")

@@ -86,7 +86,7 @@ def test_rerun_of_a_finished_job_trains_nothing(finished, monkeypatch, caplog):
     def boom(*a, **k):
         raise AssertionError("a finished job must not be set up again")
 
-    monkeypatch.setattr("ptychostab.runs.job._Job.setup", boom)
+    monkeypatch.setattr("ptychostab.runs.job.Job.setup", boom)
     with caplog.at_level(logging.INFO, logger="ptychostab.runs.job"):
         again = run(cfg, run_dir)
     assert again == result

@@ -16,7 +16,7 @@ from ptychostab.training.testing import TINY
 
 
 def built(cfg, tmp_path):
-    job = job_mod._Job(cfg, tmp_path / "run", {}, "knob", [], PreemptionGuard())
+    job = job_mod.Job(cfg, tmp_path / "run", {}, "knob", [], PreemptionGuard())
     job.run_dir.mkdir(parents=True, exist_ok=True)
     job.setup()
     return job

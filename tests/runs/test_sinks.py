@@ -85,7 +85,7 @@ def test_probe_batch_is_the_same_across_arms_and_seeds(make_cfg, tmp_path):
     batches = []
     for k, over in enumerate(({"seed": 0}, {"seed": 7, "arch.name": "stable_hybrid"},
                               {"seed": 3, "clip.algorithm": "agc", "clip.value": 0.01})):
-        job = job_mod._Job(_cfg(make_cfg, **over), tmp_path / f"r{k}", {}, "a", [],
+        job = job_mod.Job(_cfg(make_cfg, **over), tmp_path / f"r{k}", {}, "a", [],
                            PreemptionGuard())
         job.run_dir.mkdir(parents=True)
         job.setup()
@@ -95,7 +95,7 @@ def test_probe_batch_is_the_same_across_arms_and_seeds(make_cfg, tmp_path):
     assert batches[0].shape[0] == 9  # the tiny set has 9 validation patterns: all of them
     assert all(torch.equal(batches[0], b) for b in batches[1:])
     big = _cfg(make_cfg, **{"data.size": 64})  # more test patterns: 16 of them, spread out
-    job = job_mod._Job(big, tmp_path / "big", {}, "a", [], PreemptionGuard())
+    job = job_mod.Job(big, tmp_path / "big", {}, "a", [], PreemptionGuard())
     job.run_dir.mkdir(parents=True)
     job.setup()
     sink = next(s for s in job.rec.sinks if isinstance(s, ActivationSink))
@@ -201,7 +201,7 @@ def test_progress_bar_on_a_terminal(make_cfg, tmp_path, monkeypatch):
 
 
 def test_knobs_are_run_only(make_cfg):
-    from ptychostab.sweep import identity
+    from ptychostab import identity
 
     base = _cfg(make_cfg)
     other = _cfg(make_cfg, every=0, logger={"csv": {}}, progress="none")

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ptychostab.analysis import stats
+from ptychostab.analysis.pipeline import aggregate
 from ptychostab.cli.aggregate import main
-from ptychostab.sweep import stats
-from ptychostab.sweep.aggregate import aggregate
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROL_LOSSES = [0.020, 0.024, 0.021, 0.026, 0.022, 0.030]
@@ -99,8 +99,8 @@ def test_writes_files_and_plots(study, tmp_path):
 
 
 def test_plots_skip_missing_reconstructions(tmp_path, factory):
-    from ptychostab.sweep import plots
-    from ptychostab.sweep.decide import load_rule
+    from ptychostab.analysis.decide import load_rule
+    from ptychostab.report import plots
 
     factory.write_arm(tmp_path / "s", factory.CONTROL, [0.02, "nonfinite"])
     (tmp_path / "s" / factory.arm_id_of(factory.CONTROL) / "seed=0" / "recon.npz").write_text("")

@@ -8,8 +8,8 @@ import pytest
 from _fixtures import FAST, TINY, result_files, run_dirs, snapshot, status_of, train
 
 from ptychostab import config as C
+from ptychostab import identity
 from ptychostab.runs import records
-from ptychostab.sweep import identity
 
 # The usage line of the issue, verbatim, plus tiny data, a small network and a tmp root.
 SWEEP = ["-m", "arch=hybrid,stable_hybrid", "clip=none,agc", "seed=range(2)", *TINY]

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
+from ptychostab.analysis.collect import collect, run_row
 from ptychostab.runs import records
-from ptychostab.sweep.collect import collect, read_run
 
 
 def _row(runs, arm_id, seed):
@@ -104,7 +104,7 @@ def test_run_outside_plan_is_flagged(sweep, factory):
 def test_timeout_is_incomplete_and_censored(tmp_path, factory):
     d = tmp_path / "s"
     run = factory.write_run(d, factory.CONTROL, 0, "timeout", fail_epoch=None, epochs=30)
-    row = read_run(run)
+    row = run_row(run)
     assert row["status"] == "timeout" and not row["event"]
     assert collect([d]).runs.iloc[0]["category"] == "not final"
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import yaml
 
-from ptychostab.sweep import decide as dec
-from ptychostab.sweep import gates as G
+from ptychostab.analysis import decide as dec
+from ptychostab.analysis import gates as G
 
 RULE = dec.load_rule()
 FIELDS = {"control": {"arch": "hybrid", "clip": "none"},
@@ -100,7 +100,7 @@ def test_table_is_total_and_first_match():
 def _arm(label="x", stage="A", **kw):
     base = dict(n_ok=5, n_instability=0, n_nonfinite=0, loss_n=5, loss_median=0.02,
                 ssim_n=5, ssim_median=0.9)
-    return G.Arm(label, stage, **{**base, **kw})
+    return G.ArmEvidence(label, stage, **{**base, **kw})
 
 
 @pytest.mark.parametrize("fix,ctrl,verdict", [

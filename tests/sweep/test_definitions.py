@@ -3,9 +3,9 @@ the README's rule section is the rendering of the rule file, and the report carr
 
 from pathlib import Path
 
+from ptychostab.analysis import decide as dec
 from ptychostab.cli.aggregate import main
-from ptychostab.sweep import decide as dec
-from ptychostab.sweep import definitions as D
+from ptychostab.report import rule_text as D
 
 README = Path(__file__).resolve().parents[2] / "experiments" / "README.md"
 

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from ptychostab.sweep import drift
+from ptychostab.analysis import activation_drift as drift
 
 COLUMNS = ["epoch", "block", "name", "level", "resolution", "channels", "out_mean",
            "out_abs_mean", "out_std", "update_mean", "update_abs_mean", "update_std",
@@ -99,7 +99,7 @@ def test_section_with_and_without_data(tmp_path):
 
 
 def test_the_aggregated_report_carries_the_section(tmp_path, factory):
-    from ptychostab.sweep.aggregate import aggregate
+    from ptychostab.analysis.pipeline import aggregate
 
     a = tmp_path / "stage_a"
     arms = [factory.CONTROL, factory.ARCH_FIX]

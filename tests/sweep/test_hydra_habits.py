@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 
 from ptychostab import config as C
 from ptychostab.cli.plan import build_plan
-from ptychostab.sweep import callbacks
-from ptychostab.sweep import plan as P
-from ptychostab.sweep.lock import SweepLock
+from ptychostab.launch import plan as P
+from ptychostab.launch import preflight as callbacks
+from ptychostab.launch.sweep_lock import SweepLock
 
 
 def _site(tmp_path: Path, base: str) -> Path:
@@ -122,7 +122,7 @@ def test_sweep_mode_is_honoured_by_the_launcher_too(tmp_path, monkeypatch):
     done = JobReturn(overrides=["seed=0"], status=JobStatus.COMPLETED)
     done.return_value = "ok"
 
-    class _Job:
+    class Job:
         job_id = "1"
 
         def results(self):
@@ -130,7 +130,7 @@ def test_sweep_mode_is_honoured_by_the_launcher_too(tmp_path, monkeypatch):
 
     class _Exec:
         def map_array(self, fn, overrides, *rest):
-            return [_Job() for _ in overrides]
+            return [Job() for _ in overrides]
 
     monkeypatch.setitem(callbacks._STATE, "plan", None)
     launcher = PtychoLocalLauncher(submitit_folder=str(tmp_path / "s"))
@@ -192,7 +192,7 @@ def test_a_second_single_run_is_refused_before_hydra_touches_the_live_runs_folde
 
     from _fixtures import TINY
 
-    from ptychostab.sweep import identity
+    from ptychostab import identity
 
     args = ["seed=4", *TINY]
     cfg = C.compose([*args, f"paths.output_root={tmp_path}"])

@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from ptychostab import config as C
-from ptychostab.sweep import identity as I
+from ptychostab import identity as I
 
 
 @functools.lru_cache(maxsize=None)

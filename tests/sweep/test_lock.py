@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from _fixtures import FAST, PY, run_dirs, train, wait_for
 
-from ptychostab.sweep.lock import LOCK_NAME, SweepLock, SweepLocked
+from ptychostab.launch.sweep_lock import LOCK_NAME, SweepLock, SweepLocked
 
 
 def test_second_exclusive_holder_is_refused_with_the_holders_name(tmp_path):
@@ -30,7 +30,8 @@ def test_shared_and_exclusive(tmp_path):
 
 
 def test_lock_dies_with_its_process(tmp_path):
-    code = (f"from ptychostab.sweep.lock import SweepLock; SweepLock({str(tmp_path)!r}).acquire();"
+    code = ("from ptychostab.launch.sweep_lock import SweepLock; "
+            f"SweepLock({str(tmp_path)!r}).acquire();"
             "print('held', flush=True); import time; time.sleep(60)")
     proc = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -32,11 +32,12 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from ptychostab import config as C
+from ptychostab import identity
 from ptychostab.cli.plan import build_plan
 from ptychostab.config import REPO_ROOT
+from ptychostab.launch import plan as P
+from ptychostab.launch import preflight as callbacks
 from ptychostab.runs import records
-from ptychostab.sweep import callbacks, identity
-from ptychostab.sweep import plan as P
 
 REAL_ENGINE = importlib.util.find_spec("ptychostab.runs.pack") is not None
 
@@ -360,7 +361,7 @@ def _synthetic(sweep_dir: Path, factory, packed: bool) -> None:
 
 
 def test_packed_sweep_aggregates_like_an_unpacked_one(tmp_path, factory):
-    from ptychostab.sweep.collect import collect
+    from ptychostab.analysis.collect import collect
 
     _synthetic(tmp_path / "plain" / "s", factory, packed=False)
     _synthetic(tmp_path / "packed" / "s", factory, packed=True)
@@ -373,8 +374,8 @@ def test_packed_sweep_aggregates_like_an_unpacked_one(tmp_path, factory):
 
 
 def test_report_gives_time_to_failure_per_pack_size_and_marks_shared_memory(tmp_path, factory):
-    from ptychostab.sweep import report_tables as T
-    from ptychostab.sweep.collect import collect
+    from ptychostab.analysis.collect import collect
+    from ptychostab.report import tables as T
 
     _synthetic(tmp_path / "s", factory, packed=True)
     runs = collect([tmp_path / "s"]).runs

@@ -9,7 +9,7 @@ from _fixtures import write_run
 
 from ptychostab.cli import plan as cli
 from ptychostab.cli.plan import build_plan
-from ptychostab.sweep import plan as P
+from ptychostab.launch import plan as P
 
 GRID = ["arch=hybrid,stable_hybrid", "clip=none,agc", "seed=range(3)", "data=tiny"]
 

@@ -17,11 +17,11 @@ import yaml
 from omegaconf import OmegaConf
 
 from ptychostab import config as C
+from ptychostab import identity as I
 from ptychostab.cli.plan import build_plan
+from ptychostab.launch import plan as P
 from ptychostab.models import build_generator
 from ptychostab.models.layers import StablePtychoBlock
-from ptychostab.sweep import identity as I
-from ptychostab.sweep import plan as P
 from ptychostab.training.clipping import GradientClipper
 
 REFERENCE_NUMEL = 17_202_402  # the reference's 4-level one-corner hybrid (tests/models)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ptychostab.analysis.pipeline import aggregate
+from ptychostab.report.render import MAX_LISTED, _listing
 from ptychostab.runs import records
-from ptychostab.sweep.aggregate import aggregate
-from ptychostab.sweep.report import MAX_LISTED, _listing
 
 GOLDEN = Path(__file__).parent / "golden" / "report.md"
 

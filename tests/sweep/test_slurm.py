@@ -28,8 +28,8 @@ from omegaconf import OmegaConf
 from hydra_plugins.ptychostab_launcher.launcher import PtychoSlurmLauncher
 from ptychostab import config as C
 from ptychostab.cli.plan import build_plan
+from ptychostab.launch import preflight as callbacks
 from ptychostab.runs import records
-from ptychostab.sweep import callbacks
 
 # What the local test cluster offers: no GPU, 2 CPUs, little memory.
 CLUSTER = ["launcher=slurm", "cluster.gpus_per_node=null", "cluster.cpus_per_task=1",
@@ -218,7 +218,7 @@ def test_job_cancelled_by_slurm_leaves_a_classifiable_record(tmp_path):
     """Three jobs: one finishes; one is cancelled (scancel: SIGTERM, the job records itself);
     one is killed outright (SIGKILL, as the OOM killer or a node crash would) and never
     writes its result: the launcher records it. The sweep completes either way."""
-    from ptychostab.sweep.collect import collect
+    from ptychostab.analysis.collect import collect
 
     proc = train(["-m", *CLUSTER, "seed=0", *FAST, "trainer.max_epochs=2,400,401"], tmp_path,
                  wait=False)

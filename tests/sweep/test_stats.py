@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ptychostab.sweep import stats
+from ptychostab.analysis import stats
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 10, 11])
@@ -140,7 +140,7 @@ def test_kaplan_meier_all_fail():
 
 
 def test_order_statistic_median_ci_coverage():
-    from ptychostab.sweep.stats import order_statistic_median_ci
+    from ptychostab.analysis.stats import order_statistic_median_ci
 
     three = order_statistic_median_ci([3.0, 1.0, 2.0])
     assert three.text().startswith("n/a at 95%")  # [min, max] of 3 is only 75%

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from ptychostab.cli import status as cli
+from ptychostab.monitor import status as st
 from ptychostab.runs import records
-from ptychostab.sweep import status as st
 
 NOW = time.time()
 HOST = socket.gethostname()

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
+from ptychostab.analysis import protocol as P
+from ptychostab.analysis.pipeline import aggregate
 from ptychostab.runs import records
-from ptychostab.sweep import protocol as P
-from ptychostab.sweep.aggregate import aggregate
 
 
 def _study(root, f, control_a=("nonfinite", 0.02, 0.021, 0.022), extra=None):
@@ -98,14 +98,14 @@ def test_clip_sweep_section(tmp_path, factory):
 
 
 def test_protocol_key_lists_mirror_identity():
-    from ptychostab.sweep import identity
+    from ptychostab import identity
 
     assert P.IDENTITY_KEYS == identity.IDENTITY_KEYS
     assert P.RUN_ONLY_LEAVES == identity.RUN_ONLY_LEAVES
 
 
 def test_demo_rule_report_says_demonstration(tmp_path, factory):
-    from ptychostab.sweep.decide import DEFAULT_RULE, load_rule
+    from ptychostab.analysis.decide import DEFAULT_RULE, load_rule
 
     dirs = _study(tmp_path, factory)
     rule = load_rule(DEFAULT_RULE.parent / "demo.yaml")

@@ -207,7 +207,7 @@ def test_a_missing_tracker_is_refused_at_compose_time_naming_the_extra(monkeypat
 
 def test_logger_knobs_leave_the_arm_id_alone(trackers_installed):
     from ptychostab import config as C
-    from ptychostab.sweep import identity
+    from ptychostab import identity
 
     ids = {identity.arm_id(C.compose(o)) for o in (
         ["data=tiny"], ["data=tiny", "logger=many"], ["data=tiny", "logger=none"],

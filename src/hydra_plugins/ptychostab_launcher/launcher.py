@@ -5,7 +5,7 @@ else (the third: with ``pack > 1`` only pack leaders are submitted, one job per 
 pack job the scheduler killed is recorded for every member):
 
 1. Runs whose ``result.json`` is final (ok or a failure kind) are not submitted again: the
-   preflight (ptychostab.sweep.callbacks) has already composed every job and read its status.
+   preflight (ptychostab.launch.preflight) has already composed every job and read its status.
    A rerun of a finished sweep submits nothing; after one result is deleted, one job.
 2. The launcher waits for *every* job. Stock ``launch`` returns ``[j.results()[0] for j in
    jobs]``, which raises at the first job SLURM killed (scancel, time limit without requeue,
@@ -101,7 +101,7 @@ class _SweepSafeMixin:
                initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit  # lazy, as the stock plugin: keeps Hydra's plugin scan fast
 
-        from ptychostab.sweep import callbacks  # the preflight's plan of this sweep
+        from ptychostab.launch import preflight as callbacks  # the preflight's plan of this sweep
 
         assert self.config is not None  # type: ignore[attr-defined]
         plan = callbacks.current_plan()
@@ -166,7 +166,7 @@ class _SweepSafeMixin:
     def _wait(self, job: Any, overrides: List[str], plan: Any) -> JobReturn:
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
-        from ptychostab.sweep import callbacks
+        from ptychostab.launch import preflight as callbacks
 
         try:
             return job.results()[0]

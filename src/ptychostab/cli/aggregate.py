@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ptychostab.sweep import aggregate as agg
-from ptychostab.sweep import decide as dec
+from ptychostab.analysis import decide as dec
+from ptychostab.analysis import pipeline as agg
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +59,7 @@ def _print_summary(result: agg.Aggregate) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.print_rule:
-        from ptychostab.sweep.definitions import readme_section
+        from ptychostab.report.rule_text import readme_section
 
         print(readme_section(dec.load_rule(args.rule)))
         return 0

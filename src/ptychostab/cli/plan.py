@@ -21,7 +21,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 
 from ptychostab import config as cfgmod
-from ptychostab.sweep import plan as planmod
+from ptychostab.launch import plan as planmod
 
 USAGE = "usage: python -m ptychostab.cli.plan [key=value ...]   (the overrides of train.py -m)"
 

@@ -5,7 +5,7 @@ families of docs/contracts.md (ok; instability by kind; other final; not final),
 do now (running, queued, dead, not started, stopped, done) with the running runs' epoch,
 steps/s and ETA, the SLURM job beside each run (``squeue``/``sacct`` when on PATH), and the
 sweep's ETA. It reads records and the queue only: no training code is imported (no torch, no
-Lightning) and nothing is written into the sweep (:mod:`ptychostab.sweep.status`).
+Lightning) and nothing is written into the sweep (:mod:`ptychostab.monitor.status`).
 
 Options: ``--watch [SECONDS]`` (default 10) refreshes in place on a terminal (ANSI clear and
 home) and prints repeated blocks otherwise (``--count N`` stops after N); ``--json`` prints the
@@ -55,8 +55,8 @@ import time
 from pathlib import Path
 from typing import IO, Callable
 
+from ptychostab.monitor import status as st
 from ptychostab.runs import records
-from ptychostab.sweep import status as st
 
 SQUEUE = ["squeue", "--array", "--noheader", "--format=%i|%T|%r"]
 SACCT = ["sacct", "--parsable2", "--noheader", "--allocations", "--format=JobID,State,ExitCode"]

@@ -4,7 +4,7 @@ Overrides of keys the schema lacks are refused first (:func:`check_command_line`
 composes and type-checks the config; resolving the run folder
 (``hydra.run.dir``/``hydra.sweep.subdir`` = ``${arm_id:}/seed=${seed}``) validates it, so a
 bad value fails before any folder exists. For ``-m`` the sweep preflight
-(ptychostab.sweep.callbacks) has by then composed and validated every job of the grid and
+(ptychostab.launch.preflight) has by then composed and validated every job of the grid and
 taken the sweep lock; a single run takes it shared (same callback, ``on_run_start``).
 
 The task hands a plain, resolved copy of the config to ``ptychostab.runs.job.run_job``, which
@@ -33,8 +33,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ptychostab import config as cfgmod
-from ptychostab.sweep import identity
-from ptychostab.sweep import plan as planmod
+from ptychostab import identity
+from ptychostab.launch import plan as planmod
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,8 @@ def _record_pack_exception(members: list, err: BaseException) -> None:
     an ``exception`` record (as on_job_end gives the leader), so none is silently lost."""
     import traceback
 
+    from ptychostab.launch import preflight as callbacks
     from ptychostab.runs import records
-    from ptychostab.sweep import callbacks
 
     if isinstance(err, (KeyboardInterrupt, SystemExit)):
         return  # a signal: each member recorded its own interruption

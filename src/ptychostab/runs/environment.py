@@ -16,7 +16,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["config_hash", "device_info", "git_info", "host_info", "package_versions",
+__all__ = ["config_digest", "device_info", "git_info", "host_info", "package_versions",
            "slurm_ids", "SLURM_KEYS"]
 
 SLURM_KEYS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_RESTART_COUNT")
@@ -25,7 +25,7 @@ _PACKAGES = {"torch": "torch", "lightning": "lightning", "hydra": "hydra-core",
              "submitit": "submitit"}
 
 
-def config_hash(resolved: dict) -> str:
+def config_digest(resolved: dict) -> str:
     """sha256 (16 hex digits) of the resolved config as canonical JSON."""
     text = json.dumps(resolved, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -78,7 +78,7 @@ def _quietly(what: str, fn, *args) -> None:
 
 
 # --- the job ------------------------------------------------------------------------------------
-class _Job:
+class Job:
     """Builds and trains one run; every file goes through ``self.rec``."""
 
     def __init__(self, cfg: DictConfig, run_dir, arm: dict, arm_id: str, overrides: list[str],
@@ -369,7 +369,7 @@ def run_job(cfg: DictConfig, *, run_dir, arm: dict, arm_id: str, overrides: list
         return previous.data
 
     with PreemptionGuard() as guard, TorchGlobals():
-        job = _Job(cfg, run_dir, arm, arm_id, overrides, guard, recorder=rec, retry=retry)
+        job = Job(cfg, run_dir, arm, arm_id, overrides, guard, recorder=rec, retry=retry)
         try:
             record = job.run()
         finally:

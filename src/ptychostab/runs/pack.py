@@ -2,7 +2,7 @@
 
 ``run_pack(members, pack_id=...)`` is :func:`~.job.run_job` for K (arm, seed) runs at once: one
 process, one dataset load, one copy of the data on the device, and per member everything else
-(its own ``_Job`` and :class:`~.recorder.RunRecorder`: run folder, ``run.lock`` with the pack
+(its own ``Job`` and :class:`~.recorder.RunRecorder`: run folder, ``run.lock`` with the pack
 id, ``run.log``, manifest with the ``pack`` block, sinks, checkpoints, history, result).
 
 Engine (a), interleaved: each member's remaining training is a generator
@@ -19,7 +19,7 @@ member computes exactly what it would alone: ``seed_everything(seed)`` right bef
 clipper, optimizer, scheduler, monitors. No global random state is read while training (the
 checkpoint's ``rng`` block holds the process's state at that member's save, as alone).
 
-Endings, per member, through the job's own ``attempt`` (the mapping of :meth:`_Job.run`): a
+Endings, per member, through the job's own ``attempt`` (the mapping of :meth:`Job.run`): a
 final ``result.json`` -> skipped (``SKIP``, its record returned); a NaN/divergence/collapse or
 an exception in its step, its epoch end or its final evaluation ends that member at that point
 with its record and the others go on; a stop signal (one :class:`~.signals.PreemptionGuard`
@@ -55,7 +55,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptychostab.runs import records
 from ptychostab.runs.build import TorchGlobals
-from ptychostab.runs.job import _Job
+from ptychostab.runs.job import Job
 from ptychostab.runs.lock import RunLocked
 from ptychostab.runs.recorder import CURRENT_RUN, RunRecorder
 from ptychostab.runs.signals import PreemptionGuard
@@ -136,7 +136,7 @@ class _Shared:
         return value
 
 
-class _Member(_Job):
+class _Member(Job):
     """One seed of a pack: the job with shared data and no Lightning Trainer."""
 
     def __init__(self, m: Member, guard: PreemptionGuard, rec: RunRecorder, shared: _Shared):
@@ -151,7 +151,7 @@ class _Member(_Job):
         return self.shared("data", super().load)
 
     def place(self, data, settings):
-        return self.shared("placed", lambda: _Job.place(self, data, settings))
+        return self.shared("placed", lambda: Job.place(self, data, settings))
 
     def driver(self, remaining: int) -> dict:
         self.module.step_driver = STEP_DRIVER

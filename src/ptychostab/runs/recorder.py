@@ -22,9 +22,13 @@ run writes there (docs/contracts.md, Run records):
 ==================  =====================================================================
 
 Checkpoint and history writes go through one background :class:`.CheckpointWriter`, in
-submission order. Every write is atomic (:mod:`ptychostab.atomic`); an ``OSError`` while
-writing becomes :class:`~.faults.InfraFault` (cause ``disk``, message ``No space left on
-device while writing <path> ...``).
+submission order. Every write is atomic (:mod:`ptychostab.atomic`); a fault of the storage
+while writing (:data:`~.faults.DISK_ERRNOS`: ENOSPC, EIO, EDQUOT, EROFS, ESTALE) becomes
+:class:`~.faults.InfraFault` (cause ``disk``, message ``No space left on device while writing
+<path> ...``); any other ``OSError`` (``FileNotFoundError``, ``PermissionError``, ...) is raised
+as it is: an error of our own code, recorded ``exception``. Reading ``last.ckpt`` is stricter:
+every ``OSError`` there is the storage's (``infra``/``disk``, the file kept); only damaged
+content (:class:`~.checkpoint.DamagedCheckpoint`) sets it aside for a restart.
 
 The hooks, in the order the job calls them::
 
@@ -69,20 +73,21 @@ from ptychostab.runs import records
 from ptychostab.runs.checkpoint import (
     FORMAT,
     CheckpointWriter,
+    DamagedCheckpoint,
     atomic_torch_save,
     load_checkpoint,
     rng_state,
     snapshot,
 )
 from ptychostab.runs.environment import (
-    config_hash,
+    config_digest,
     device_info,
     git_info,
     host_info,
     package_versions,
     slurm_ids,
 )
-from ptychostab.runs.faults import InfraFault, describe_os_error
+from ptychostab.runs.faults import DISK_ERRNOS, InfraFault, describe_os_error
 from ptychostab.runs.lock import RunLock
 
 __all__ = ["CURRENT_RUN", "RunLog", "RunRecorder", "Sink", "now"]
@@ -226,7 +231,7 @@ class RunRecorder:
         self.config, self.arm, self.arm_id = config, dict(arm), arm_id
         self.overrides = list(overrides)
         self.sweep, self.seed = config.get("sweep"), int(config["seed"])
-        self.config_hash = config_hash(config)
+        self.config_hash = config_digest(config)
         self.sinks = list(sinks)
         self.run_id = uuid.uuid4().hex[:12]
         self.writer = CheckpointWriter()
@@ -262,12 +267,18 @@ class RunRecorder:
         return records.read_json(self.path(records.RESULT))
 
     @contextlib.contextmanager
-    def _disk(self, path: Path, doing: str = "writing"):
-        """An OSError inside becomes ``InfraFault("disk", "<cause> while writing <path>")``."""
+    def _disk(self, path: Path, doing: str = "writing", *, any_os_error: bool = False):
+        """A fault of the storage inside (an ``OSError`` whose errno is in
+        :data:`~.faults.DISK_ERRNOS`; with ``any_os_error`` every ``OSError``) becomes
+        ``InfraFault("disk", "<cause> while writing <path>")``; any other ``OSError`` is
+        raised as it is (an error of our own code: ``exception``)."""
         try:
             yield
         except OSError as err:
-            raise InfraFault("disk", describe_os_error(err, doing, path)) from err
+            if any_os_error or err.errno in DISK_ERRNOS:
+                raise InfraFault("disk", describe_os_error(err, doing, path)) from err
+            err.add_note(f"(while {doing} {path})")
+            raise
 
     def _guarded(self, path: Path, fn: Callable, *args) -> None:
         # Runs in the writer thread, in order: after a failed write the ones queued behind it
@@ -423,13 +434,14 @@ class RunRecorder:
         if not path.exists():
             return None
         try:
-            with self._disk(path, "reading"):
+            # an OSError reading it is the storage's (EIO, ESTALE, EACCES, ...): infra/disk,
+            # the file stays; only damaged content is set aside and the run restarts
+            with self._disk(path, "reading", any_os_error=True):
                 ckpt = load_checkpoint(path)
-        except InfraFault:
-            raise
-        except Exception as err:  # truncated, not a zip, unpicklable, not our format
+        except DamagedCheckpoint as err:  # truncated, not a zip, unpicklable, not our format
+            cause = err.__cause__ if err.__cause__ is not None else err
             self.restart("restart", f"{records.LAST_CKPT} is damaged "
-                                    f"({type(err).__name__}: {str(err)[:300]})")
+                                    f"({type(cause).__name__}: {str(cause)[:300]})")
             return None
         if ckpt.get("config_hash") != self.config_hash:
             log.warning("resuming %s with a different config (hash %s -> %s)", self.run_dir,

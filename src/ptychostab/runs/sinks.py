@@ -175,7 +175,7 @@ class TrackerSink(Sink):
 def _stage(sweep, depth) -> str:
     """The stage as the default decision rule names it (``A``, ``B``, ``clip`` or "")."""
     try:
-        from ptychostab.sweep import decide
+        from ptychostab.analysis import decide
 
         return decide.stage_of(sweep, depth, decide.load_rule()) or ""
     except Exception as err:  # naming the stage must never cost the run

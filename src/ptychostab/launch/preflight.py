@@ -1,0 +1,268 @@
+"""Hydra callback of every sweep (``hydra.callbacks.preflight`` in conf/train.yaml).
+
+``on_multirun_start`` runs in the launcher process before the sweeper launches anything:
+
+1. expand the grid and compose + validate every job (:func:`ptychostab.launch.plan.build`);
+2. refuse arms that cannot be built or exceed ``plan.max_memory_gb``;
+3. take the sweep lock (a second sweep on the same folder is refused);
+4. write ``plan.csv`` (and, with ``pack > 1``, ``packs.json``: the unfinished seeds of each
+   arm grouped into packs of up to ``pack``, :func:`ptychostab.launch.plan.group_packs`) and
+   log the plan.
+
+``on_run_start`` (single runs, no ``-m``) takes the same lock shared, before Hydra creates the
+run folder: single runs coexist, but not with a sweep of the same folder.
+
+A refusal exits the process (status 1) with the reason: Hydra turns an ``Exception`` raised in
+a callback into a warning and carries on, so the refusal is a ``SystemExit``.
+
+The plan stays in this process (module state, never on the callback object: Hydra pickles its
+callbacks into every submitit job) for the launchers in ``hydra_plugins.ptychostab_launcher``,
+which skip finished runs and record runs the scheduler killed (:func:`record_killed`).
+
+``on_job_end`` (in the job's process) is a safety net: a job whose task raised anyway and left
+no final ``result.json`` gets an ``exception`` record, so the aggregator sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from ptychostab import config as cfgmod
+from ptychostab import identity
+from ptychostab.launch import plan as planmod
+from ptychostab.launch.sweep_lock import LOCK_NAME, SweepLock, SweepLocked
+from ptychostab.runs import records
+from ptychostab.runs.lock import LOCK, RunLocked, read_lock, stale_reason
+
+log = logging.getLogger(__name__)
+
+_STATE: dict[str, Any] = {"plan": None, "lock": None}
+
+
+class SweepRefused(SystemExit):
+    """The preflight refuses to launch; the message says why (exit status 1)."""
+
+
+def current_plan() -> planmod.Plan | None:
+    return _STATE["plan"]
+
+
+def _refuse(problems: Sequence[str], what: str = "the config cannot run") -> None:
+    if problems:
+        raise SweepRefused(f"preflight: refusing to launch; {what}:\n  - "
+                           + "\n  - ".join(problems) + "\nNothing was launched.")
+
+
+def preflight(config: DictConfig) -> planmod.Plan | None:
+    """Steps 1-4 above; returns the plan (None for sweepers other than the basic grid)."""
+    _refuse(cfgmod.folder_problems(config, multirun=True) + cfgmod.launcher_problems(config)
+            + cfgmod.pack_problems(config))
+    lock_dir = Path(str(config.hydra.sweep.dir))
+    pack = OmegaConf.select(config, "pack", default=1)
+    if not planmod.is_basic_sweeper(config) and isinstance(pack, int) and pack > 1:
+        sweeper = OmegaConf.select(config, "hydra.sweeper._target_")
+        _refuse([f"pack={pack} with the sweeper {sweeper}"
+                 f": packing groups the seeds of the grid, which only the basic grid sweeper "
+                 f"expands before launching; use pack=1 with this sweeper"])
+    if not planmod.is_basic_sweeper(config):
+        log.warning("not the basic grid sweeper: no plan, only the sweep lock")
+        _take_lock(lock_dir, mode=_sweep_mode(config))
+        return None
+    try:
+        plan = planmod.build(config, GlobalHydra.instance().config_loader())
+    except planmod.PlanError as err:
+        raise SweepRefused(f"preflight: {err}\nNothing was launched.") from None
+    _refuse(plan.refusals(), "arm(s) that cannot run")
+    _take_lock(plan.sweep_dir, mode=_sweep_mode(config))
+    for name, write in ((planmod.PLAN_CSV, planmod.write_csv),
+                        (planmod.PACKS_JSON, planmod.write_packs)):
+        try:
+            write(plan)
+        except OSError as err:
+            release()
+            raise SweepRefused(f"preflight: cannot write {plan.sweep_dir / name}: "
+                               f"{err.strerror or err} ({type(err).__name__}). Nothing was "
+                               f"launched.") from None
+    log.info("plan (%s):\n%s", plan.sweep_dir / planmod.PLAN_CSV, planmod.format_plan(plan))
+    _STATE["plan"] = plan
+    return plan
+
+
+def _sweep_mode(config: DictConfig) -> int | None:
+    """``hydra.sweep.mode`` (octal digits, e.g. ``+hydra.sweep.mode=775``), as submitit
+    reads it."""
+    mode = OmegaConf.select(config, "hydra.sweep.mode", default=None)
+    return None if mode is None else int(str(mode), 8)
+
+
+def _take_lock(sweep_dir: Path, *, shared: bool = False, mode: int | None = None) -> None:
+    """The sweep lock, or a refusal: held by another sweep, or the folder cannot be prepared
+    (an OSError: permission, read-only or full disk); never a warning and an unlocked sweep."""
+    try:
+        existed = sweep_dir.exists()
+        _STATE["lock"] = SweepLock(sweep_dir).acquire(shared=shared)
+        if mode is not None and not existed:
+            os.chmod(sweep_dir, mode)
+    except SweepLocked as err:
+        raise SweepRefused(f"preflight: {err}\nNothing was launched.") from None
+    except OSError as err:
+        release()
+        raise SweepRefused(f"preflight: cannot prepare the sweep folder {sweep_dir} (lock "
+                           f"{LOCK_NAME}): {err.strerror or err} ({type(err).__name__}). "
+                           f"Nothing was launched.") from None
+
+
+def release() -> None:
+    lock = _STATE.get("lock")
+    if lock is not None:
+        lock.release()
+    _STATE.update(plan=None, lock=None)
+
+
+class SweepPreflight(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # A single run (no -m) writes into <output_root>/<sweep>/: it shares the folder with
+        # other single runs, not with a sweep. Checked before Hydra creates the run folder.
+        # Same checks as a sweep's preflight, before any folder exists (Hydra makes the run
+        # folder after this hook; the lock makes the sweep's).
+        release()
+        _refuse(cfgmod.folder_problems(config, multirun=False))
+        job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        try:
+            cfgmod.validate(job_cfg)
+        except cfgmod.ConfigError as err:
+            raise SweepRefused(str(err)) from None
+        _refuse(planmod.single_run_refusals(job_cfg))
+        # the same run alive elsewhere: refused before Hydra writes into its folder
+        lock_path = identity.run_dir(job_cfg) / LOCK
+        holder = read_lock(lock_path)
+        if holder is not None and stale_reason(holder) is None:
+            raise SweepRefused(f"{RunLocked(lock_path, holder)}\nNothing was launched.")
+        _take_lock(identity.sweep_dir(config), shared=True)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        release()  # a previous sweep in this process (tests) must not leak its plan
+        preflight(config)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        plan = current_plan()
+        if plan is not None:
+            found = {s: 0 for s in ("ok", "failed", "incomplete", "none")}
+            for job in plan.jobs:
+                status = planmod._status(job.run_dir)[1]
+                key = ("ok" if status == records.OK else "failed" if records.is_final(status)
+                       else "none" if status is None else "incomplete")
+                found[key] += 1
+            log.info(f"sweep {plan.sweep!r} ended: {found['ok']} ok, {found['failed']} failed, "
+                     f"{found['incomplete']} incomplete, {found['none']} without result "
+                     f"(aggregate: python -m ptychostab.cli.aggregate {plan.sweep_dir})")
+        release()
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status != JobStatus.FAILED:
+            return
+        try:
+            run_dir = Path(str(config.hydra.runtime.output_dir))
+            err = job_return._return_value
+            if isinstance(err, RunLocked):  # the folder belongs to a live process: touch nothing
+                return
+            loaded = records.read_json(run_dir / records.RESULT)
+            if loaded.ok:  # the job recorded its own ending; never replaced from outside
+                return
+            text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+            records.atomic_write_text(run_dir / records.TRACEBACK, text)
+            _write_result(run_dir, config, "exception", f"{type(err).__name__}: {err}",
+                          recorded_by="hydra on_job_end")
+        except Exception as err:  # never mask the job's own error
+            log.warning(f"on_job_end could not record the failure: {err}")
+
+
+# --- records for runs that could not write their own ---------------------------------------------
+def _write_result(run_dir: Path, cfg: Any, status: str, message: str, *,
+                  cause: str | None = None, **extra: Any) -> None:
+    """An ``exception``/``timeout``/``preempted``/``infra`` result for a run that died early,
+    built from what is on disk (manifest, history)."""
+    manifest = records.read_json(run_dir / records.MANIFEST).data or {}
+    rows = records.read_history(run_dir / records.HISTORY).data or []
+    last = rows[-1] if rows else {}
+    epoch = int(last["epoch"]) + 1 if rows and last.get("epoch") == last.get("epoch") else 0
+    step = last.get("global_step")
+    wall = last.get("wall_s")
+    step = int(step) if isinstance(step, float) and step == step else None
+    wall = float(wall) if isinstance(wall, float) and wall == wall else None
+    sweep = manifest.get("sweep") or _get(cfg, "sweep")
+    arm_id = manifest.get("arm_id") or run_dir.parent.name
+    seed = manifest.get("seed", _get(cfg, "seed"))
+    record = records.result_record(
+        status=status, sweep=sweep, arm_id=arm_id, seed=seed,
+        failure_info=records.failure(status, epoch=epoch, step=step, wall_s=wall,
+                                     message=message, cause=cause),
+        metrics={}, metrics_best=None, grad_norm={}, epochs_completed=len(rows),
+        global_step=step or 0, wall_s=wall or 0.0, params={}, peak_memory_bytes=None, **extra)
+    records.atomic_write_json(run_dir / records.RESULT, record)
+
+
+def _get(cfg: Any, key: str) -> Any:
+    try:
+        return cfg[key] if cfg is not None else None
+    except Exception:
+        return None
+
+
+# SLURM job states (sacct) -> record status (and infra cause). A scheduler's out-of-memory kill
+# and a node failure are infrastructure faults (``infra``, not final: a rerun retries them; an
+# out-of-memory error raised in the process is the job's own final ``oom``). Anything else that
+# kills a started job (CANCELLED, PREEMPTED, REQUEUED, ...) is "preempted": stopped from
+# outside, resumable from last.ckpt by the next run of the sweep. None of these is final.
+_STATE_STATUS = {"TIMEOUT": ("timeout", None), "DEADLINE": ("timeout", None),
+                 "OUT_OF_MEMORY": ("infra", "memory"), "NODE_FAIL": ("infra", "node"),
+                 "BOOT_FAIL": ("infra", "node")}
+
+
+def classify_state(state: str) -> tuple[str, str | None]:
+    """(status, infra cause or None) for a SLURM state such as ``OUT_OF_MEMORY``."""
+    return _STATE_STATUS.get(state.split()[0].upper() if state else "", ("preempted", None))
+
+
+def status_for_state(state: str) -> str:
+    return classify_state(state)[0]
+
+
+def record_killed(plan: planmod.Plan | None, overrides: Sequence[str], *, state: str,
+                  job_id: str, message: str = "") -> str:
+    """Record a job the scheduler ended without a result; returns the status it now has.
+
+    A job that never started (no manifest.json) is left alone: it is ``missing`` (plan.csv
+    lists it). A final result (the job finished just before the kill) is never overwritten.
+    """
+    job = plan.job_for(overrides) if plan is not None else None
+    if job is None:
+        return "unknown"
+    run_dir = job.run_dir
+    current = records.read_json(run_dir / records.RESULT)
+    if current.ok and records.is_final(current.data.get("status")):
+        return str(current.data["status"])
+    if not (run_dir / records.MANIFEST).exists():
+        return "missing"
+    status, cause = classify_state(state)
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    what = {"memory": "killed by the scheduler for exceeding its memory limit (retried by a "
+                      "rerun; raise cluster.mem_gb)",
+            "node": "lost with its node (retried by a rerun)"}.get(cause or "", "")
+    _write_result(run_dir, {"sweep": plan.sweep, "seed": job.seed}, status,
+                  f"SLURM job {job_id} ended in state {state} without a result"
+                  f"{': ' + what if what else ''}. {first}".strip(),
+                  cause=cause, recorded_by="launcher", slurm_state=state, slurm_job_id=job_id)
+    return status
