@@ -7,7 +7,7 @@ import json
 import pytest
 from _fixtures import FAST, TINY, result_files, run_dirs, snapshot, status_of, train
 
-from ptychostab import config as C
+from ptychostab import config as cfgmod
 from ptychostab import identity
 from ptychostab.runs import records
 
@@ -37,7 +37,7 @@ def test_usage_line_writes_8_result_records(sweep):
         assert result["arm_id"] == manifest["arm_id"] == d.parent.name
         assert d.name == f"seed={manifest['seed']}"
         assert manifest["arm"]["label"] == d.parent.name.rsplit("-", 1)[0]
-        expected = identity.arm_id(C.compose(manifest["overrides"]))
+        expected = identity.arm_id(cfgmod.compose(manifest["overrides"]))
         assert d.parent.name == expected  # the folder is the config's identity
     assert "plan (" in res.stdout  # the preflight ran
     arm = dirs[0].parent

@@ -8,14 +8,14 @@ import dataclasses
 import pytest
 from omegaconf import OmegaConf
 
-from ptychostab import config as C
+from ptychostab import config as cfgmod
 from ptychostab.cli.plan import build_plan
 from ptychostab.data.spec import DataConfig
 
 # Options that cannot run on their own, and the override that completes them.
 NEEDS = {("clip", "value"): ["clip.value=0.5"]}
 GROUPS = ("data", "arch", "clip", "trainer", "launcher", "arm")
-OPTIONS = [(g, o) for g in GROUPS for o in C.group_options(g)]
+OPTIONS = [(g, o) for g in GROUPS for o in cfgmod.group_options(g)]
 
 
 def _messages(err: BaseException) -> str:
@@ -28,18 +28,19 @@ def _messages(err: BaseException) -> str:
 
 
 def test_every_group_has_its_options():
-    assert set(C.group_options("data")) == {"grid_lines_n64", "grid_lines_n64_small", "tiny"}
-    assert set(C.group_options("arch")) >= {"hybrid", "stable_hybrid", "layerscale_hybrid", "fno"}
-    assert set(C.group_options("clip")) == {"none", "norm", "value", "agc"}
-    assert set(C.group_options("trainer")) == {"default", "smoke"}
-    assert set(C.group_options("launcher")) == {"local", "submitit_local", "slurm"}
-    assert set(C.group_options("arm")) == {"control", "arch_fix", "opt_fix", "control_norm1"}
-    assert set(C.experiment_names()) >= {"stage_a", "clip_sweep", "stage_b", "demo"}
+    assert set(cfgmod.group_options("data")) == {"grid_lines_n64", "grid_lines_n64_small", "tiny"}
+    assert set(cfgmod.group_options("arch")) >= {"hybrid", "stable_hybrid", "layerscale_hybrid",
+                                                 "fno"}
+    assert set(cfgmod.group_options("clip")) == {"none", "norm", "value", "agc"}
+    assert set(cfgmod.group_options("trainer")) == {"default", "smoke"}
+    assert set(cfgmod.group_options("launcher")) == {"local", "submitit_local", "slurm"}
+    assert set(cfgmod.group_options("arm")) == {"control", "arch_fix", "opt_fix", "control_norm1"}
+    assert set(cfgmod.experiment_names()) >= {"stage_a", "clip_sweep", "stage_b", "demo"}
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_group_option_composes_and_validates(group, option):
-    cfg = C.compose([f"{group}={option}", *NEEDS.get((group, option), [])],
+    cfg = cfgmod.compose([f"{group}={option}", *NEEDS.get((group, option), [])],
                     return_hydra_config=True)
     if group in ("data", "arch", "trainer"):
         assert str(cfg[group].name if group != "trainer" else option) == option
@@ -48,7 +49,7 @@ def test_group_option_composes_and_validates(group, option):
 
 
 def test_defaults_match_the_contract():
-    cfg = C.compose([])
+    cfg = cfgmod.compose([])
     assert cfg.seed == 0 and cfg.depth == 4 and cfg.sweep == "default" and cfg.strict is False
     assert cfg.arch.fno_blocks == 4 and str(cfg.arch.name) == "hybrid"
     assert str(cfg.clip.algorithm) == "none" and cfg.clip.value is None
@@ -58,40 +59,40 @@ def test_defaults_match_the_contract():
     d = cfg.data
     assert (d.N, d.size, d.n_lines, d.nimgs_train, d.nimgs_test, d.nphotons, d.set_phi) == (
         64, 392, 400, 2, 2, 1e9, True)
-    assert C.compose(["clip=norm"]).clip.value == 1.0
-    assert C.compose(["clip=agc"]).clip.value == 0.01
-    tiny = C.compose(["data=tiny"]).data
+    assert cfgmod.compose(["clip=norm"]).clip.value == 1.0
+    assert cfgmod.compose(["clip=agc"]).clip.value == 0.01
+    tiny = cfgmod.compose(["data=tiny"]).data
     assert (tiny.N, tiny.size, tiny.n_lines, tiny.nimgs_train, tiny.outer_offset_test) == (
         32, 96, 40, 1, 20)
-    assert C.compose(["data=grid_lines_n64_small"]).data.nimgs_train == 1
-    assert C.compose(["trainer=smoke"]).trainer.max_epochs == 3
+    assert cfgmod.compose(["data=grid_lines_n64_small"]).data.nimgs_train == 1
+    assert cfgmod.compose(["trainer=smoke"]).trainer.max_epochs == 3
 
 
 def test_data_schema_is_the_physics_packages_dataclass():
-    field = {f.name: f for f in dataclasses.fields(C.TrainConfig)}["data"]
+    field = {f.name: f for f in dataclasses.fields(cfgmod.TrainConfig)}["data"]
     assert field.type in (DataConfig, "DataConfig")
 
 
 def test_depth_and_seed_are_plain_sweepable_ints():
-    cfg = C.compose(["depth=8", "seed=0"])
+    cfg = cfgmod.compose(["depth=8", "seed=0"])
     assert cfg.arch.fno_blocks == 8 and cfg.seed == 0
-    assert C.compose(["arch.fno_blocks=6"]).arch.fno_blocks == 6  # an explicit value wins
+    assert cfgmod.compose(["arch.fno_blocks=6"]).arch.fno_blocks == 6  # an explicit value wins
 
 
 def test_named_arms_set_arch_and_clip():
     pairs = {"control": ("hybrid", "none", None), "arch_fix": ("stable_hybrid", "none", None),
              "opt_fix": ("hybrid", "agc", 0.01), "control_norm1": ("hybrid", "norm", 1.0)}
     for arm, (arch, clip, value) in pairs.items():
-        cfg = C.compose([f"arm={arm}"])
+        cfg = cfgmod.compose([f"arm={arm}"])
         assert (str(cfg.arch.name), str(cfg.clip.algorithm), cfg.clip.value) == (arch, clip, value)
     # the command line wins over a named arm
-    assert str(C.compose(["arm=control", "arch=fno"]).arch.name) == "fno"
+    assert str(cfgmod.compose(["arm=control", "arch=fno"]).arch.name) == "fno"
 
 
-@pytest.mark.parametrize("name", C.experiment_names())
+@pytest.mark.parametrize("name", cfgmod.experiment_names())
 def test_experiment_composes_every_job(name, tmp_path):
-    cfg = C.compose([f"+experiment={name}"], return_hydra_config=True)
-    assert C.SWEEP_NAME.match(cfg.sweep)
+    cfg = cfgmod.compose([f"+experiment={name}"], return_hydra_config=True)
+    assert cfgmod.SWEEP_NAME.match(cfg.sweep)
     if name in ("stage_a", "stage_b", "clip_sweep", "demo"):
         assert "seed" in cfg.hydra.sweeper.params
     plan = build_plan([f"+experiment={name}", f"paths.output_root={tmp_path}"], describe=False)
@@ -106,25 +107,25 @@ def test_experiment_composes_every_job(name, tmp_path):
 
 
 def test_experiment_contents():
-    a = C.compose(["+experiment=stage_a"], return_hydra_config=True)
+    a = cfgmod.compose(["+experiment=stage_a"], return_hydra_config=True)
     assert (a.data.name, a.depth, a.trainer.max_epochs) == ("grid_lines_n64", 4, 50)
     assert a.hydra.sweeper.params.arm == "control,arch_fix,opt_fix"
     assert a.hydra.sweeper.params.seed == "range(10)"
-    b = C.compose(["+experiment=stage_b"], return_hydra_config=True)
+    b = cfgmod.compose(["+experiment=stage_b"], return_hydra_config=True)
     assert (b.depth, b.arch.fno_blocks) == (8, 8)
-    c = C.compose(["+experiment=clip_sweep"], return_hydra_config=True)
+    c = cfgmod.compose(["+experiment=clip_sweep"], return_hydra_config=True)
     assert str(c.clip.algorithm) == "norm" and str(c.arch.name) == "hybrid"
     assert c.hydra.sweeper.params["clip.value"] == "1,5,10,20,50,100"
-    d = C.compose(["+experiment=demo"], return_hydra_config=True)
+    d = cfgmod.compose(["+experiment=demo"], return_hydra_config=True)
     assert (d.data.name, d.arch.hidden_channels, d.arch.n_modes) == ("tiny", 8, 4)
     # a command-line value beats the experiment's
-    assert C.compose(["+experiment=stage_a", "data=tiny"]).data.name == "tiny"
+    assert cfgmod.compose(["+experiment=stage_a", "data=tiny"]).data.name == "tiny"
 
 
 def test_local_example_composes():
-    cfg = C.compose(["local=example"], return_hydra_config=True)
+    cfg = cfgmod.compose(["local=example"], return_hydra_config=True)
     assert cfg.cluster.partition == "gpu"
-    slurm = C.compose(["launcher=slurm", "cluster.partition=debug"], return_hydra_config=True)
+    slurm = cfgmod.compose(["launcher=slurm", "cluster.partition=debug"], return_hydra_config=True)
     launcher = OmegaConf.to_container(slurm.hydra.launcher, resolve=True)
     assert launcher["partition"] == "debug"
     assert launcher["_target_"].endswith("PtychoSlurmLauncher")
@@ -144,7 +145,7 @@ def test_local_example_composes():
 ])
 def test_typos_fail_at_compose_time_naming_the_key(overrides, needle):
     with pytest.raises(Exception) as info:
-        C.compose(overrides, check=False)
+        cfgmod.compose(overrides, check=False)
     assert needle in _messages(info.value)
 
 
@@ -162,26 +163,26 @@ def test_typos_fail_at_compose_time_naming_the_key(overrides, needle):
     (["sweep=a/b"], ["sweep="]),
 ])
 def test_bad_values_fail_validation_naming_the_field(overrides, needles):
-    with pytest.raises(C.ConfigError) as info:
-        C.compose(overrides)
+    with pytest.raises(cfgmod.ConfigError) as info:
+        cfgmod.compose(overrides)
     for needle in needles:
         assert needle in str(info.value)
 
 
 def test_validation_reports_every_problem_at_once():
-    cfg = C.compose(["depth=0", "clip=norm", "clip.value=-2", "trainer.lr=-1"], check=False)
-    found = C.problems(cfg)
+    cfg = cfgmod.compose(["depth=0", "clip=norm", "clip.value=-2", "trainer.lr=-1"], check=False)
+    found = cfgmod.problems(cfg)
     assert any(p.startswith("depth=0") for p in found)
     assert any(p.startswith("clip.value=-2.0") for p in found)
     assert any(p.startswith("trainer.lr=-1.0") for p in found)
 
 
 def test_names_are_enums_at_compose_time_and_plain_strings_for_training():
-    cfg = C.compose(["arm=opt_fix"])
-    assert isinstance(cfg.clip.algorithm, C.ClipAlgorithm)
+    cfg = cfgmod.compose(["arm=opt_fix"])
+    assert isinstance(cfg.clip.algorithm, cfgmod.ClipAlgorithm)
     assert cfg.clip.algorithm == "agc" and f"{cfg.clip.algorithm}" == "agc"
     assert {"agc": 1}[cfg.clip.algorithm] == 1  # hashes like its string
-    plain = C.to_plain(cfg)
+    plain = cfgmod.to_plain(cfg)
     assert type(plain.clip.algorithm) is str and type(plain.arch.name) is str
     assert plain.arch.fno_blocks == 4  # interpolations resolved
     assert OmegaConf.is_struct(plain)

@@ -16,9 +16,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from ptychostab import config as C
+from ptychostab import config as cfgmod
 from ptychostab.cli.plan import build_plan
-from ptychostab.launch import plan as P
+from ptychostab.launch import plan as planmod
 from ptychostab.launch import preflight as callbacks
 from ptychostab.launch.sweep_lock import SweepLock
 
@@ -39,7 +39,7 @@ def _site(tmp_path: Path, base: str) -> Path:
 
 
 def _launcher(overrides: list[str]) -> dict:
-    cfg = C.compose(overrides, return_hydra_config=True)
+    cfg = cfgmod.compose(overrides, return_hydra_config=True)
     out = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert isinstance(out, dict)
     return out
@@ -80,27 +80,27 @@ def test_schema_nodes_are_not_group_options(tmp_path):
     repo = ConfigStore.instance().repo
     assert not {"arch", "clip", "data", "trainer"} & set(repo)  # only the whole schema
     with pytest.raises(Exception, match="base_arch"):
-        C.compose(["arch=base_arch"], check=False)
+        cfgmod.compose(["arch=base_arch"], check=False)
     plan = build_plan(["arch=glob(*)", "data=tiny", f"paths.output_root={tmp_path}"],
                       describe=False)
-    assert sorted({a.fields["arch"] for a in plan.arms.values()}) == C.group_options("arch")
+    assert sorted({a.fields["arch"] for a in plan.arms.values()}) == cfgmod.group_options("arch")
 
 
 def test_help_lists_only_real_options(tmp_path):
     res = train(["--help"], None)
     assert res.returncode == 0
     assert "base_" not in res.stdout
-    assert "arch: " + ", ".join(C.group_options("arch")) in res.stdout
+    assert "arch: " + ", ".join(cfgmod.group_options("arch")) in res.stdout
 
 
 # --- the preflight, in this process (no job runs) ---------------------------------------------
 def _preflight(overrides: list[str]):
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(C.CONF_DIR), version_base="1.3",
-                                   job_name=C.CONFIG_NAME):
+        with initialize_config_dir(config_dir=str(cfgmod.CONF_DIR), version_base="1.3",
+                                   job_name=cfgmod.CONFIG_NAME):
             loader = GlobalHydra.instance().config_loader()
-            master = loader.load_configuration(C.CONFIG_NAME, overrides=overrides,
+            master = loader.load_configuration(cfgmod.CONFIG_NAME, overrides=overrides,
                                                run_mode=RunMode.MULTIRUN)
             return callbacks.preflight(master)
     finally:
@@ -168,7 +168,7 @@ def test_an_oserror_while_preparing_refuses_the_sweep(tmp_path, monkeypatch, whe
     if where == "lock":
         monkeypatch.setattr(SweepLock, "acquire", boom)
     else:
-        monkeypatch.setattr(P, "write_csv", boom)
+        monkeypatch.setattr(planmod, "write_csv", boom)
     with pytest.raises(callbacks.SweepRefused) as info:
         _preflight(["seed=0,1", "data=tiny", f"paths.output_root={tmp_path}"])
     assert "No space left on device" in str(info.value)
@@ -195,7 +195,7 @@ def test_a_second_single_run_is_refused_before_hydra_touches_the_live_runs_folde
     from ptychostab import identity
 
     args = ["seed=4", *TINY]
-    cfg = C.compose([*args, f"paths.output_root={tmp_path}"])
+    cfg = cfgmod.compose([*args, f"paths.output_root={tmp_path}"])
     run_dir = identity.run_dir(cfg)
     run_dir.mkdir(parents=True)
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job_id": None,

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from ptychostab import config as C
-from ptychostab import identity as I
+from ptychostab import config as cfgmod
+from ptychostab import identity
 
 
 @functools.lru_cache(maxsize=None)
 def aid(*overrides: str) -> str:
-    return I.arm_id(C.compose(list(overrides)))
+    return identity.arm_id(cfgmod.compose(list(overrides)))
 
 
 def test_stable_under_override_order_and_spelling():
@@ -61,24 +61,24 @@ def test_labels_are_readable():
     assert aid("clip=norm", "clip.value=5").startswith("hybrid_norm5_d4-")
     assert aid("arm=arch_fix", "depth=8").startswith("stable_hybrid_none_d8-")
     label, digest = aid().rsplit("-", 1)
-    assert len(digest) == I.HASH_DIGITS and int(digest, 16) >= 0
+    assert len(digest) == identity.HASH_DIGITS and int(digest, 16) >= 0
 
 
 def test_every_top_level_key_is_classified():
     """A new top-level config key must be declared experiment-defining or run-only here."""
-    fields = {f.name for f in dataclasses.fields(C.TrainConfig)}
-    assert fields == set(I.IDENTITY_KEYS) | set(I.RUN_ONLY_TOP)
-    cfg = C.compose([])
-    for leaf in I.RUN_ONLY_LEAVES:
+    fields = {f.name for f in dataclasses.fields(cfgmod.TrainConfig)}
+    assert fields == set(identity.IDENTITY_KEYS) | set(identity.RUN_ONLY_TOP)
+    cfg = cfgmod.compose([])
+    for leaf in identity.RUN_ONLY_LEAVES:
         assert OmegaConf.select(cfg, leaf, default="<absent>") != "<absent>", leaf
 
 
 def test_arm_dict_has_the_base_fields_and_the_arm_overrides():
     overrides = ["arm=opt_fix", "seed=3", "data=tiny", "trainer.lr=0.01",
                  "paths.output_root=/x", "launcher=slurm", "+experiment=demo"]
-    cfg = C.compose(overrides[:5])
-    arm = I.arm_dict(cfg, overrides)
-    assert arm["label"] == I.arm_label(cfg)
+    cfg = cfgmod.compose(overrides[:5])
+    arm = identity.arm_dict(cfg, overrides)
+    assert arm["label"] == identity.arm_label(cfg)
     base = (arm["arch"], arm["clip"], arm["clip_value"], arm["depth"])
     assert base == ("hybrid", "agc", 0.01, 4)
     assert arm["arm"] == "opt_fix" and arm["data"] == "tiny" and arm["trainer.lr"] == 0.01
@@ -87,18 +87,18 @@ def test_arm_dict_has_the_base_fields_and_the_arm_overrides():
 
 
 def test_run_dir_and_hydra_folders_agree(tmp_path):
-    cfg = C.compose(["seed=3", f"paths.output_root={tmp_path}", "sweep=s1"],
+    cfg = cfgmod.compose(["seed=3", f"paths.output_root={tmp_path}", "sweep=s1"],
                     return_hydra_config=True)
     expected = tmp_path / "s1" / aid("seed=3") / "seed=3"
-    plain = C.compose(["seed=3", f"paths.output_root={tmp_path}", "sweep=s1"])
-    assert I.run_dir(plain) == expected
+    plain = cfgmod.compose(["seed=3", f"paths.output_root={tmp_path}", "sweep=s1"])
+    assert identity.run_dir(plain) == expected
     assert Path(cfg.hydra.run.dir) == expected
     assert Path(cfg.hydra.sweep.dir, cfg.hydra.sweep.subdir) == expected
     assert "${now" not in OmegaConf.to_yaml(cfg.hydra.run) + OmegaConf.to_yaml(cfg.hydra.sweep)
 
 
 def test_the_folder_resolver_validates(tmp_path):
-    cfg = C.compose(["clip=norm", "clip.value=-1"], return_hydra_config=True, check=False)
+    cfg = cfgmod.compose(["clip=norm", "clip.value=-1"], return_hydra_config=True, check=False)
     with pytest.raises(Exception) as info:
         _ = cfg.hydra.run.dir
     assert "clip.value=-1.0" in str(info.value)

@@ -31,11 +31,13 @@ from _fixtures import (
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-from ptychostab import config as C
+from ptychostab import config as cfgmod
 from ptychostab import identity
+from ptychostab.analysis import sweepdir
 from ptychostab.cli.plan import build_plan
 from ptychostab.config import REPO_ROOT
-from ptychostab.launch import plan as P
+from ptychostab.launch import packs
+from ptychostab.launch import plan as planmod
 from ptychostab.launch import preflight as callbacks
 from ptychostab.runs import records
 
@@ -157,10 +159,10 @@ def test_2_arms_x_4_seeds_pack_3_gives_4_jobs_and_8_records(packed_sweep):
     assert all(p.endswith("-seeds-0-1-2") for p in packs)
     assert sorted(Path(e["run_dir"]).name for e in alone) == ["seed=3", "seed=3"]
     assert res.stdout.count("packed into") == 4  # the non-leaders' jobs: no-ops
-    data = json.loads((sweep_dir / P.PACKS_JSON).read_text())
+    data = json.loads((sweep_dir / sweepdir.PACKS_JSON).read_text())
     assert data["pack"] == 3 and [p["id"] for p in data["packs"]] == packs
     assert [m["seed"] for m in data["packs"][0]["members"]] == [0, 1, 2]
-    with open(sweep_dir / P.PLAN_CSV) as fh:
+    with open(sweep_dir / sweepdir.PLAN_CSV) as fh:
         import csv
         rows = list(csv.DictReader(fh))
     assert sum(bool(r["pack"]) for r in rows) == 6 and sum(not r["pack"] for r in rows) == 2
@@ -198,7 +200,7 @@ def test_rerun_of_a_packed_sweep_trains_nothing_and_regroups_nothing(packed_swee
     res, events = _train_logged(SWEEP_2x4, sweep_dir.parent, tmp_path, fake=not REAL_ENGINE)
     assert res.returncode == 0, res.stdout[-3000:]
     assert not [e for e in events if e["event"] == "member"]
-    assert json.loads((sweep_dir / P.PACKS_JSON).read_text())["packs"] == []
+    assert json.loads((sweep_dir / sweepdir.PACKS_JSON).read_text())["packs"] == []
     assert {p: p.read_bytes() for p in result_files(sweep_dir)} == before
 
 
@@ -210,7 +212,7 @@ def _grid(tmp_path, *extra):
 def test_grouping_in_grid_order_regroups_unfinished_seeds_and_never_packs_final_runs(tmp_path):
     plan = build_plan(_grid(tmp_path, "pack=2"), describe=False)
     assert [p.seeds for p in plan.packs] == [[0, 1], [2, 3]]  # seed 4 alone: no pack
-    assert P.pack_jobs(plan) == 3
+    assert packs.pack_jobs(plan) == 3
     aid = plan.jobs[0].arm_id
     assert plan.packs[0].pack_id == f"{aid}-seeds-0-1" and plan.packs[0].leader.seed == 0
     s = {j.seed: j for j in plan.jobs}
@@ -219,7 +221,7 @@ def test_grouping_in_grid_order_regroups_unfinished_seeds_and_never_packs_final_
     write_run(s[2].run_dir, status="timeout", epochs=1)  # not final: resumed, packed again
     again = build_plan(_grid(tmp_path, "pack=2"), describe=False)
     assert [p.seeds for p in again.packs] == [[0, 2]]
-    assert again.pack_of(s[4].overrides) is None and P.pack_jobs(again) == 2
+    assert again.pack_of(s[4].overrides) is None and packs.pack_jobs(again) == 2
     assert again.pack_of(s[2].overrides).pack_id == f"{aid}-seeds-0-2"
     retry = build_plan(_grid(tmp_path, "pack=2", "retry=[nonfinite]"), describe=False)
     assert [p.seeds for p in retry.packs] == [[0, 2], [3, 4]]  # a retried ending is unfinished
@@ -236,33 +238,33 @@ def test_packs_keep_arms_apart_and_pack_1_packs_nothing(tmp_path):
 
 def test_preflight_writes_packs_json_and_pack_1_removes_a_stale_one(tmp_path):
     plan = build_plan(_grid(tmp_path, "pack=2"), describe=False)
-    path = P.write_packs(plan)
+    path = packs.write_packs(plan)
     data = json.loads(path.read_text())
     first = data["packs"][0]
     assert first["leader"] == first["members"][0]["run_dir"] == f"{plan.jobs[0].arm_id}/seed=0"
     assert first["members"][1]["overrides"] == plan.jobs[1].overrides
-    found = P.find_pack(plan.sweep_dir, plan.jobs[1].run_dir)
+    found = packs.find_pack(plan.sweep_dir, plan.jobs[1].run_dir)
     assert found is not None and found[1] == 1 and found[0]["id"] == first["id"]
-    assert P.find_pack(plan.sweep_dir, plan.jobs[4].run_dir) is None  # the lone seed
+    assert packs.find_pack(plan.sweep_dir, plan.jobs[4].run_dir) is None  # the lone seed
     unpacked = build_plan(_grid(tmp_path), describe=False)
-    assert P.write_packs(unpacked) is None and not path.exists()
+    assert packs.write_packs(unpacked) is None and not path.exists()
 
 
 def test_pack_cannot_be_swept(tmp_path):
-    with pytest.raises(P.PlanError, match="pack takes one value"):
+    with pytest.raises(planmod.PlanError, match="pack takes one value"):
         build_plan(_grid(tmp_path, "pack=1,2"), describe=False)
 
 
 # --- run-only, validation, refusals --------------------------------------------------------------
 def test_pack_is_run_only_and_validated():
-    base = C.compose(["data=tiny"])
-    packed = C.compose(["data=tiny", "pack=5"])
+    base = cfgmod.compose(["data=tiny"])
+    packed = cfgmod.compose(["data=tiny", "pack=5"])
     assert identity.arm_id(packed) == identity.arm_id(base)
     assert identity.identity_config(packed) == identity.identity_config(base)
     assert "pack" not in identity.arm_dict(packed, ["pack=5", "data=tiny"])
     assert "pack" in identity.RUN_ONLY_TOP
-    with pytest.raises(C.ConfigError, match=r"pack=0: must be an integer >= 1"):
-        C.compose(["pack=0"])
+    with pytest.raises(cfgmod.ConfigError, match=r"pack=0: must be an integer >= 1"):
+        cfgmod.compose(["pack=0"])
 
 
 def test_packed_sweep_refuses_a_custom_subdir(tmp_path):
@@ -274,8 +276,8 @@ def test_packed_sweep_refuses_a_custom_subdir(tmp_path):
     assert "stay apart only under the default scheme" in res.stdout
     assert "Nothing was launched" in res.stdout and not (tmp_path / "default").exists()
     # the default scheme itself (also spelt with ${seed}) is fine
-    cfg = C.compose(["pack=2"], return_hydra_config=True)
-    assert C.pack_problems(cfg) == []
+    cfg = cfgmod.compose(["pack=2"], return_hydra_config=True)
+    assert cfgmod.pack_problems(cfg) == []
 
 
 def test_dry_run_shows_packs_and_refuses_packs_over_the_memory_budget(tmp_path, capsys):
@@ -300,7 +302,7 @@ def test_dry_run_shows_packs_and_refuses_packs_over_the_memory_budget(tmp_path, 
 def _launcher(plan, monkeypatch, outcome):
     from hydra_plugins.ptychostab_launcher.launcher import PtychoSlurmLauncher
 
-    cfg = C.compose(["launcher=slurm"], return_hydra_config=True)
+    cfg = cfgmod.compose(["launcher=slurm"], return_hydra_config=True)
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     params.pop("_target_")
     launcher = PtychoSlurmLauncher(**params)

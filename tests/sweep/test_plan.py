@@ -9,20 +9,21 @@ from _fixtures import write_run
 
 from ptychostab.cli import plan as cli
 from ptychostab.cli.plan import build_plan
-from ptychostab.launch import plan as P
+from ptychostab.launch import grid
+from ptychostab.launch import plan as planmod
 
 GRID = ["arch=hybrid,stable_hybrid", "clip=none,agc", "seed=range(3)", "data=tiny"]
 
 
 def test_expand_matches_the_basic_sweeper():
-    jobs = P.expand({"arm": "control,opt_fix", "seed": "range(3)"}, ["data=tiny"])
+    jobs = grid.expand({"arm": "control,opt_fix", "seed": "range(3)"}, ["data=tiny"])
     assert len(jobs) == 6
     assert jobs[0] == ["arm=control", "seed=0", "data=tiny"]
     # a command-line value replaces the experiment's grid for that key
-    assert P.expand({"arm": "control,opt_fix", "seed": "range(3)"}, ["seed=5"]) == [
+    assert grid.expand({"arm": "control,opt_fix", "seed": "range(3)"}, ["seed=5"]) == [
         ["arm=control", "seed=5"], ["arm=opt_fix", "seed=5"]]
     verbatim = ["arch=hybrid,stable_hybrid", "clip=none,agc", "seed=range(10)"]
-    assert len(P.expand({}, verbatim)) == 40
+    assert len(grid.expand({}, verbatim)) == 40
 
 
 def test_plan_lists_every_job_with_its_arm_and_folder(tmp_path):
@@ -31,7 +32,7 @@ def test_plan_lists_every_job_with_its_arm_and_folder(tmp_path):
     assert plan.sweep_dir == tmp_path / "default"
     for job in plan.jobs:
         assert job.run_dir == tmp_path / "default" / job.arm_id / f"seed={job.seed}"
-        assert job.status == P.TODO
+        assert job.status == planmod.TODO
     assert [a.seeds for a in plan.arms.values()] == [[0, 1, 2]] * 4
 
 
@@ -47,22 +48,22 @@ def test_status_from_result_records(tmp_path):
     (root / b / "seed=1" / "result.json").write_text("{ damaged")
     plan = build_plan([*GRID, f"paths.output_root={tmp_path}"], describe=False)
     status = {(j.arm_id, j.seed): j.status for j in plan.jobs}
-    assert status[(a, 0)] == P.DONE and status[(a, 1)] == P.FAILED
-    assert status[(a, 2)] == status[(b, 0)] == status[(b, 1)] == P.TODO
-    assert plan.counts() == {P.DONE: 1, P.FAILED: 1, P.TODO: 10}
+    assert status[(a, 0)] == planmod.DONE and status[(a, 1)] == planmod.FAILED
+    assert status[(a, 2)] == status[(b, 0)] == status[(b, 1)] == planmod.TODO
+    assert plan.counts() == {planmod.DONE: 1, planmod.FAILED: 1, planmod.TODO: 10}
     final = plan.final_jobs()
     assert sorted(final.values()) == ["nonfinite", "ok"]
 
 
 def test_plan_csv_columns_and_rows(tmp_path):
     plan = build_plan([*GRID, f"paths.output_root={tmp_path}"])
-    path = P.write_csv(plan)
+    path = planmod.write_csv(plan)
     assert path == tmp_path / "default" / "plan.csv"
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     header = list(rows[0])
-    assert header[:9] == list(P.BASE_COLUMNS)
-    assert header[-len(P.TAIL_COLUMNS):] == list(P.TAIL_COLUMNS)
+    assert header[:9] == list(planmod.BASE_COLUMNS)
+    assert header[-len(planmod.TAIL_COLUMNS):] == list(planmod.TAIL_COLUMNS)
     assert "data" in header  # a fixed arm-defining override becomes a column
     assert len(rows) == 12
     row = next(r for r in rows if r["clip"] == "agc")
@@ -84,7 +85,7 @@ def test_refuses_arms_that_cannot_be_built(tmp_path):
 
 
 def test_invalid_jobs_are_reported_together(tmp_path):
-    with pytest.raises(P.PlanError) as info:
+    with pytest.raises(planmod.PlanError) as info:
         build_plan(["clip=norm", "clip.value=-1,1", "seed=range(3)", "data=tiny",
                     f"paths.output_root={tmp_path}"], describe=False)
     text = str(info.value)
@@ -92,7 +93,7 @@ def test_invalid_jobs_are_reported_together(tmp_path):
 
 
 def test_two_grid_points_with_one_config_are_refused(tmp_path):
-    with pytest.raises(P.PlanError, match="same folder"):
+    with pytest.raises(planmod.PlanError, match="same folder"):
         build_plan(["clip=norm", "clip.value=5,5.0", f"paths.output_root={tmp_path}"],
                    describe=False)
 
@@ -108,7 +109,7 @@ def test_runtime_estimates(tmp_path):
     assert {x.epoch_s_source for x in plan.arms.values() if x.arm_id != a} == {"scaled"}
     job = next(j for j in plan.jobs if j.arm_id == a and j.seed == 0)
     assert job.est_minutes == pytest.approx((50 - 2) * 30.0 / 60)  # 50 epochs, 2 done
-    text = P.format_plan(plan)
+    text = planmod.format_plan(plan)
     assert a in text and "measured" in text and "to do" in text
 
 
@@ -132,12 +133,12 @@ def test_retry_trains_chosen_final_endings_again(tmp_path):
     write_run(b.run_dir, status="nonfinite", epochs=1)
     write_run(c.run_dir, status="ok", epochs=1)
     plain = build_plan(grid, describe=False)
-    assert [j.status for j in plain.jobs] == [P.FAILED, P.FAILED, P.DONE]
+    assert [j.status for j in plain.jobs] == [planmod.FAILED, planmod.FAILED, planmod.DONE]
     retried = build_plan([*grid, "retry=[oom]"], describe=False)
-    assert [j.status for j in retried.jobs] == [P.TODO, P.FAILED, P.DONE]
-    assert retried.counts() == {P.DONE: 1, P.FAILED: 1, P.TODO: 1}
+    assert [j.status for j in retried.jobs] == [planmod.TODO, planmod.FAILED, planmod.DONE]
+    assert retried.counts() == {planmod.DONE: 1, planmod.FAILED: 1, planmod.TODO: 1}
     assert tuple(a.overrides) not in retried.final_jobs()  # the launcher submits it
-    assert "0:.(oom, retry)" in P.format_plan(retried)
+    assert "0:.(oom, retry)" in planmod.format_plan(retried)
     both = build_plan([*grid, "retry=[oom,nonfinite]"], describe=False)
     assert set(both.final_jobs().values()) == {"ok"}
     assert {j.arm_id for j in both.jobs} == {j.arm_id for j in plain.jobs}  # run-only
@@ -145,6 +146,6 @@ def test_retry_trains_chosen_final_endings_again(tmp_path):
 
 @pytest.mark.parametrize("grid", [["seed=range(0)"], ["arch=hybrid,fno", "seed=range(0)"]])
 def test_an_empty_grid_is_refused(tmp_path, grid):
-    with pytest.raises(P.PlanError, match="the grid is empty: seed=range"):
+    with pytest.raises(planmod.PlanError, match="the grid is empty: seed=range"):
         build_plan([*grid, "data=tiny", f"paths.output_root={tmp_path}"], describe=False)
     assert not any(tmp_path.iterdir())

@@ -16,10 +16,11 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from ptychostab import config as C
-from ptychostab import identity as I
+from ptychostab import config as cfgmod
+from ptychostab import identity
 from ptychostab.cli.plan import build_plan
-from ptychostab.launch import plan as P
+from ptychostab.launch import estimate
+from ptychostab.launch import plan as planmod
 from ptychostab.models import build_generator
 from ptychostab.models.layers import StablePtychoBlock
 from ptychostab.training.clipping import GradientClipper
@@ -31,11 +32,11 @@ TINY = ["arch.hidden_channels=4", "arch.n_modes=4"]
 
 @functools.lru_cache(maxsize=None)
 def compose(*overrides: str):
-    return C.compose(list(overrides))
+    return cfgmod.compose(list(overrides))
 
 
 def plain(*overrides: str) -> dict:
-    return OmegaConf.to_container(C.to_plain(compose(*overrides)))
+    return OmegaConf.to_container(cfgmod.to_plain(compose(*overrides)))
 
 
 def knobs(cfg) -> tuple:
@@ -67,7 +68,8 @@ def test_a_command_line_value_still_wins_over_the_profile():
 
 
 def test_the_knobs_reach_the_generator():
-    ref, ours = P.describe_config(plain("profile=reference")), P.describe_config(plain())
+    ref = estimate.describe_config(plain("profile=reference"))
+    ours = estimate.describe_config(plain())
     assert ref["params_numel"] == REFERENCE_NUMEL
     assert ref["channels"] == [32, 64, 128, 256] and ref["blocks_per_level"] == [1, 1, 1, 1]
     assert ours["params_numel"] == DEFAULT_NUMEL
@@ -78,7 +80,7 @@ def test_the_knobs_reach_the_generator():
 
 def test_reference_depth_8_at_n64_is_refused_as_in_the_reference():
     with pytest.raises(ValueError, match="levels=8"):
-        P.describe_config(plain("profile=reference", "depth=8"))
+        estimate.describe_config(plain("profile=reference", "depth=8"))
 
 
 def _clipper_and_model(*overrides: str):
@@ -117,7 +119,7 @@ def test_stable_hybrid_ls_is_the_layerscale_variant_under_either_profile(profile
     cfg = compose(f"profile={profile}", "arch=stable_hybrid_ls")
     assert (str(cfg.arch.name), cfg.arch.gamma_init, cfg.arch.layerscale_init) == (
         "stable_hybrid_ls", 1.0, 1e-3)
-    assert I.arm_label(cfg) == "stable_hybrid_ls_none_d4"  # reads apart from stable_hybrid
+    assert identity.arm_label(cfg) == "stable_hybrid_ls_none_d4"  # reads apart from stable_hybrid
     model = build_generator(**{**plain(f"profile={profile}", "arch=stable_hybrid_ls",
                                        *TINY)["arch"], "N": 32})
     blocks = [m for m in model.modules() if isinstance(m, StablePtychoBlock)]
@@ -126,7 +128,7 @@ def test_stable_hybrid_ls_is_the_layerscale_variant_under_either_profile(profile
     assert all(torch.allclose(b.layerscale.weight, torch.full_like(b.layerscale.weight, 1e-3))
                for b in blocks)
     if profile == "reference":  # the reference HEAD's v2 count
-        assert P.describe_config(plain("profile=reference", "arch=stable_hybrid_ls"))[
+        assert estimate.describe_config(plain("profile=reference", "arch=stable_hybrid_ls"))[
             "params_numel"] == 17_204_610
 
 
@@ -137,8 +139,8 @@ def test_stable_hybrid_ls_by_name_alone_is_the_head_variant():
 
 @pytest.mark.parametrize("arm", ["control", "arch_fix", "opt_fix", "control_norm1"])
 def test_arm_ids_differ_between_profiles(arm):
-    ours = I.arm_id(compose(f"arm={arm}"))
-    ref = I.arm_id(compose(f"arm={arm}", "profile=reference"))
+    ours = identity.arm_id(compose(f"arm={arm}"))
+    ref = identity.arm_id(compose(f"arm={arm}", "profile=reference"))
     assert ours != ref
     assert ours.rsplit("-", 1)[0] == ref.rsplit("-", 1)[0]  # same label, different hash
 
@@ -147,17 +149,17 @@ def test_the_profile_name_is_a_route_not_part_of_the_hash():
     by_profile = compose("profile=reference", "arm=opt_fix")
     spelt_out = compose("arm=opt_fix", "arch.corners=1", "arch.levels=4",
                         "clip.agc_unitwise=false", "clip.agc_exclude=[]")
-    assert I.arm_id(by_profile) == I.arm_id(spelt_out)
-    assert "profile" not in I.identity_config(by_profile)
+    assert identity.arm_id(by_profile) == identity.arm_id(spelt_out)
+    assert "profile" not in identity.identity_config(by_profile)
 
 
 def test_manifest_and_arm_dict_show_the_profile():
     cfg = compose("+experiment=seed_stage_a_control")  # the profile chosen inside the preset
-    assert C.to_plain(cfg).profile == "reference"  # the manifest stores this resolved config
-    assert I.arm_dict(cfg, ["+experiment=seed_stage_a_control"])["profile"] == "reference"
-    assert I.arm_dict(cfg, ["profile=reference"])["profile"] == "reference"
-    assert "profile" not in I.arm_dict(compose(), [])
-    assert C.to_plain(compose()).profile == "default"
+    assert cfgmod.to_plain(cfg).profile == "reference"  # the manifest stores this resolved config
+    assert identity.arm_dict(cfg, ["+experiment=seed_stage_a_control"])["profile"] == "reference"
+    assert identity.arm_dict(cfg, ["profile=reference"])["profile"] == "reference"
+    assert "profile" not in identity.arm_dict(compose(), [])
+    assert cfgmod.to_plain(compose()).profile == "default"
 
 
 def test_seed_control_preset_composes_with_the_recorded_conditions():
@@ -176,7 +178,7 @@ def test_seed_control_preset_composes_with_the_recorded_conditions():
 
 
 def test_seed_control_sweep_stays_out_of_the_stage_a_b_decision():
-    rule = yaml.safe_load((C.CONF_DIR / "decision" / "default.yaml").read_text())
+    rule = yaml.safe_load((cfgmod.CONF_DIR / "decision" / "default.yaml").read_text())
     sweep = compose("+experiment=seed_stage_a_control").sweep
     for stage in rule["stages"].values():
         assert stage["sweep_contains"] not in sweep
@@ -187,4 +189,4 @@ def test_seed_control_dry_run(tmp_path):
     (arm,) = plan.arms.values()
     assert len(plan.jobs) == 1 and plan.jobs[0].seed == 20260128
     assert arm.params_numel == REFERENCE_NUMEL and arm.fields["profile"] == "reference"
-    assert "profile reference" in P.format_plan(plan)
+    assert "profile reference" in planmod.format_plan(plan)

@@ -26,8 +26,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from hydra_plugins.ptychostab_launcher.launcher import PtychoSlurmLauncher
-from ptychostab import config as C
+from ptychostab import config as cfgmod
 from ptychostab.cli.plan import build_plan
+from ptychostab.launch import killed_jobs
 from ptychostab.launch import preflight as callbacks
 from ptychostab.runs import records
 
@@ -37,7 +38,7 @@ CLUSTER = ["launcher=slurm", "cluster.gpus_per_node=null", "cluster.cpus_per_tas
 
 
 def _launcher_params(overrides: list[str]) -> dict:
-    cfg = C.compose(overrides, return_hydra_config=True)
+    cfg = cfgmod.compose(overrides, return_hydra_config=True)
     params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     params.pop("_target_")
     return params
@@ -108,7 +109,7 @@ def test_launcher_skips_final_runs_waits_for_all_and_records_killed_ones(tmp_pat
     assert result["failure"]["kind"] == "preempted" and "CANCELLED" in result["failure"]["message"]
     assert result["epochs_completed"] == 2 and result["recorded_by"] == "launcher"
     assert not never.run_dir.exists()  # no manifest: stays "missing" for the aggregator
-    assert callbacks.status_for_state("TIMEOUT") == "timeout"
+    assert killed_jobs.status_for_state("TIMEOUT") == "timeout"
 
 
 @pytest.mark.parametrize("state,status,cause", [
@@ -119,7 +120,7 @@ def test_scheduler_kills_are_not_final(tmp_path, monkeypatch, state, status, cau
     plan = build_plan(["seed=0", "data=tiny", f"paths.output_root={tmp_path}"], describe=False)
     (job,) = plan.jobs
     write_run(job.run_dir, status=None, epochs=1)
-    got = callbacks.record_killed(plan, job.overrides, state=state, job_id="9_0", message="x")
+    got = killed_jobs.record_killed(plan, job.overrides, state=state, job_id="9_0", message="x")
     result = json.loads((job.run_dir / records.RESULT).read_text())
     assert got == result["status"] == status and not records.is_final(status)
     assert result["failure"].get("cause") == cause and result["slurm_state"] == state

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from ptychostab.cli import status as cli
+from ptychostab.monitor import slurm
 from ptychostab.monitor import status as st
 from ptychostab.runs import records
 
@@ -140,7 +141,7 @@ def sweep(tmp_path) -> Path:
 
 def fake_query(job_ids, timeout=15.0):
     assert job_ids == ["500"]  # what the sweep knows of: its one array
-    return st.make_queue(SQUEUE, SACCT)
+    return slurm.make_queue(SQUEUE, SACCT)
 
 
 def doc_of(sweep: Path, *args: str) -> dict:
@@ -252,7 +253,7 @@ def test_lock_of_a_dead_pid_on_this_host_is_not_running(tmp_path):
     proc.wait()
     sw = tmp_path / "s"
     run_folder(sw, "aaaa", 0, history=1, lock=fresh_lock(pid=proc.pid))
-    (run,) = st.read_sweep(sw, st.Queue(), now=NOW).runs
+    (run,) = st.read_sweep(sw, slurm.Queue(), now=NOW).runs
     assert run.live == "stopped" and "not running" in run.lock["stale_reason"]
 
 
@@ -260,24 +261,25 @@ def test_fresh_lock_of_another_job_beats_an_old_jobs_state(tmp_path):
     """Relaunched by hand after a cancelled SLURM job: the live process wins."""
     sw = tmp_path / "s"
     run_folder(sw, "aaaa", 0, history=1, slurm="41_0", lock=fresh_lock())
-    (run,) = st.read_sweep(sw, st.make_queue(None, "41_0|CANCELLED by 0|0:0"), now=NOW).runs
+    (run,) = st.read_sweep(sw, slurm.make_queue(None, "41_0|CANCELLED by 0|0:0"), now=NOW).runs
     assert run.live == "running" and run.slurm_state == "CANCELLED"
     run_folder(sw, "aaaa", 0, lock=fresh_lock(slurm_job_id="41_0"))  # killed: SLURM knows
-    (run,) = st.read_sweep(sw, st.make_queue(None, "41_0|CANCELLED by 0|0:0"), now=NOW).runs
+    (run,) = st.read_sweep(sw, slurm.make_queue(None, "41_0|CANCELLED by 0|0:0"), now=NOW).runs
     assert run.live == "dead"
 
 
 def test_parsers_and_job_choice():
-    assert st.expand_job_id("12_[1-3,7%2]") == ["12_1", "12_2", "12_3", "12_7"]
-    assert st.expand_job_id("12_4") == ["12_4"] and st.expand_job_id("99") == ["99"]
-    assert st.parse_sacct("5|CANCELLED by 0|0:0\n5.batch|CANCELLED|0:15\n") == {"5": "CANCELLED"}
-    assert st.parse_squeue("7_[0-1]|PENDING|Priority\n\ngarbage\n") == {"7_0": "PENDING",
+    assert slurm.expand_job_id("12_[1-3,7%2]") == ["12_1", "12_2", "12_3", "12_7"]
+    assert slurm.expand_job_id("12_4") == ["12_4"] and slurm.expand_job_id("99") == ["99"]
+    sacct = "5|CANCELLED by 0|0:0\n5.batch|CANCELLED|0:15\n"
+    assert slurm.parse_sacct(sacct) == {"5": "CANCELLED"}
+    assert slurm.parse_squeue("7_[0-1]|PENDING|Priority\n\ngarbage\n") == {"7_0": "PENDING",
                                                                         "7_1": "PENDING"}
-    q = st.make_queue("3_1|PENDING|x", "3_1|FAILED|1:0\n2_1|COMPLETED|0:0")
+    q = slurm.make_queue("3_1|PENDING|x", "3_1|FAILED|1:0\n2_1|COMPLETED|0:0")
     assert q.states == {"3_1": "PENDING", "2_1": "COMPLETED"}  # squeue beats sacct
-    assert st.pick_job(["2_1", "10_1", "3_1"], q) == "3_1"  # pending beats newer
-    assert st.pick_job(["2_1", "10_1"], st.Queue()) == "10_1"  # else the newest
-    assert st.slurm_category("NODE_FAIL") == "dead" and st.slurm_category("WEIRD") is None
+    assert slurm.pick_job(["2_1", "10_1", "3_1"], q) == "3_1"  # pending beats newer
+    assert slurm.pick_job(["2_1", "10_1"], slurm.Queue()) == "10_1"  # else the newest
+    assert slurm.slurm_category("NODE_FAIL") == "dead" and slurm.slurm_category("WEIRD") is None
 
 
 def test_query_queue_runs_the_commands_with_a_timeout_and_tolerates_failures():
@@ -320,7 +322,7 @@ def test_damaged_manifest_with_history_is_started_and_said(tmp_path):
     sw = tmp_path / "s"
     run = run_folder(sw, "aaaa", 0, history=2)
     (run / records.MANIFEST).write_text("[1, 2")
-    (state,) = st.read_sweep(sw, st.Queue(), now=NOW).runs
+    (state,) = st.read_sweep(sw, slurm.Queue(), now=NOW).runs
     assert (state.status, state.live, state.epochs_done) == ("missing", "stopped", 2)
     assert state.problem.startswith("corrupt manifest.json")
 

@@ -193,23 +193,23 @@ def test_a_missing_tracker_is_refused_at_compose_time_naming_the_extra(monkeypat
                                                                        trackers_installed):
     import importlib.util
 
-    from ptychostab import config as C
+    from ptychostab import config as cfgmod
 
-    cfg = C.compose(["logger=[csv,wandb]", "data=tiny"])
+    cfg = cfgmod.compose(["logger=[csv,wandb]", "data=tiny"])
     assert cfg.logger.wandb.enabled and cfg.logger.csv.enabled and cfg.logger.mlflow is None
     installed = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "wandb" else installed(name, *a))
-    with pytest.raises(C.ConfigError, match=r"logger.*wandb.*\[tracking\]"):
-        C.validate(cfg)
-    C.validate(C.compose(["logger=csv", "data=tiny"]))  # csv needs nothing extra
+    with pytest.raises(cfgmod.ConfigError, match=r"logger.*wandb.*\[tracking\]"):
+        cfgmod.validate(cfg)
+    cfgmod.validate(cfgmod.compose(["logger=csv", "data=tiny"]))  # csv needs nothing extra
 
 
 def test_logger_knobs_leave_the_arm_id_alone(trackers_installed):
-    from ptychostab import config as C
+    from ptychostab import config as cfgmod
     from ptychostab import identity
 
-    ids = {identity.arm_id(C.compose(o)) for o in (
+    ids = {identity.arm_id(cfgmod.compose(o)) for o in (
         ["data=tiny"], ["data=tiny", "logger=many"], ["data=tiny", "logger=none"],
         ["data=tiny", "diagnostics.every_n_epochs=0"], ["data=tiny", "trainer.progress=none"],
         ["data=tiny", "trainer.log_every_n_steps=100"])}

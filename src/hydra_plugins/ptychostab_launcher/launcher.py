@@ -101,10 +101,10 @@ class _SweepSafeMixin:
                initial_job_idx: int) -> Sequence[JobReturn]:
         import submitit  # lazy, as the stock plugin: keeps Hydra's plugin scan fast
 
-        from ptychostab.launch import preflight as callbacks  # the preflight's plan of this sweep
+        from ptychostab.launch import preflight  # the preflight's plan of this sweep
 
         assert self.config is not None  # type: ignore[attr-defined]
-        plan = callbacks.current_plan()
+        plan = preflight.current_plan()
         final = plan.final_jobs() if plan is not None else {}
         # pack > 1: one job per pack, submitted for its leader (its first member, which trains
         # every member); the other members are not submitted.
@@ -166,7 +166,7 @@ class _SweepSafeMixin:
     def _wait(self, job: Any, overrides: List[str], plan: Any) -> JobReturn:
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
-        from ptychostab.launch import preflight as callbacks
+        from ptychostab.launch import killed_jobs
 
         try:
             return job.results()[0]
@@ -178,11 +178,11 @@ class _SweepSafeMixin:
         except UncompletedJobError as err:  # killed by the scheduler (or by hand)
             state = _state(job)
             pack = plan.pack_of(overrides) if plan is not None else None
-            status = callbacks.record_killed(plan, overrides, state=state,
-                                             job_id=str(job.job_id), message=str(err))
+            status = killed_jobs.record_killed(plan, overrides, state=state,
+                                          job_id=str(job.job_id), message=str(err))
             for member in (pack.jobs[1:] if pack is not None else []):  # the whole pack died
-                got = callbacks.record_killed(plan, member.overrides, state=state,
-                                              job_id=str(job.job_id), message=str(err))
+                got = killed_jobs.record_killed(plan, member.overrides, state=state,
+                                           job_id=str(job.job_id), message=str(err))
                 log.warning(f"pack {pack.pack_id}: seed={member.seed} ended with its pack's job "
                             f"(state {state}): {got}")
             if status == "unknown":  # no plan (another sweeper) or a job it does not list

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import IO, Callable
 
 from ptychostab.monitor import status as st
+from ptychostab.monitor.slurm import Queue, make_queue
 from ptychostab.runs import records
 
 SQUEUE = ["squeue", "--array", "--noheader", "--format=%i|%T|%r"]
@@ -80,14 +81,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- the queue --------------------------------------------------------------------------------
 def query_queue(job_ids: list[str], *, timeout: float = 15.0,
                 which: Callable[[str], str | None] = shutil.which,
-                run: Callable = subprocess.run) -> st.Queue:
+                run: Callable = subprocess.run) -> Queue:
     """Ask ``squeue`` and ``sacct`` about ``job_ids`` (base ids); never raises."""
     if not job_ids:
-        return st.Queue(note="no SLURM job recorded in these sweeps")
+        return Queue(note="no SLURM job recorded in these sweeps")
     commands = {"squeue": SQUEUE, "sacct": [*SACCT, f"--jobs={','.join(job_ids)}"]}
     found = [name for name in commands if which(name)]
     if not found:
-        return st.Queue(note="no squeue/sacct on PATH")
+        return Queue(note="no squeue/sacct on PATH")
     texts: dict[str, str] = {}
     problems = []
     for name in found:
@@ -105,16 +106,16 @@ def query_queue(job_ids: list[str], *, timeout: float = 15.0,
     if "squeue" in texts:  # every job of the cluster: keep those of these sweeps
         texts["squeue"] = "\n".join(line for line in texts["squeue"].splitlines()
                                     if line.split("|")[0].split("_")[0].strip() in wanted)
-    return st.make_queue(texts.get("squeue"), texts.get("sacct"), problems)
+    return make_queue(texts.get("squeue"), texts.get("sacct"), problems)
 
 
 def build(sweeps: list[Path], *, now: float, slurm: bool = True, timeout: float = 15.0,
-          query: Callable[..., st.Queue] = query_queue) -> dict:
+          query: Callable[..., Queue] = query_queue) -> dict:
     """The status document of ``sweeps`` at time ``now``."""
     unique = list(dict.fromkeys(Path(p).resolve() for p in sweeps))  # each folder once
     states = [st.read_sweep(p, now=now) for p in unique]
     queue = (query(st.known_jobs(states), timeout=timeout) if slurm
-             else st.Queue(note="not asked (--no-slurm)"))
+             else Queue(note="not asked (--no-slurm)"))
     for state in states:
         st.apply_queue(state, queue)
     return st.snapshot(states, queue, now=now)
@@ -216,7 +217,7 @@ def render(doc: dict, *, every_run: bool = False) -> str:
 # --- main -------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None, *, out: IO[str] | None = None,
          sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time,
-         query: Callable[..., st.Queue] = query_queue) -> int:
+         query: Callable[..., Queue] = query_queue) -> int:
     """Print the status (once, or every ``--watch`` seconds); returns the exit status."""
     args = parse_args(argv)
     out = out or sys.stdout

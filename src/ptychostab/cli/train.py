@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptychostab import config as cfgmod
 from ptychostab import identity
-from ptychostab.launch import plan as planmod
+from ptychostab.launch import packs
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> str:
         if hc.mode != RunMode.MULTIRUN:
             log.info(f"pack={cfg.pack} has no effect on a single run (no -m): training alone")
         else:
-            found = planmod.find_pack(Path(str(hc.sweep.dir)), run_dir)
+            found = packs.find_pack(Path(str(hc.sweep.dir)), run_dir)
             if found is not None:
                 entry, index = found
                 if index > 0:
@@ -127,7 +127,7 @@ def _record_pack_exception(members: list, err: BaseException) -> None:
     an ``exception`` record (as on_job_end gives the leader), so none is silently lost."""
     import traceback
 
-    from ptychostab.launch import preflight as callbacks
+    from ptychostab.launch import killed_jobs
     from ptychostab.runs import records
 
     if isinstance(err, (KeyboardInterrupt, SystemExit)):
@@ -139,8 +139,8 @@ def _record_pack_exception(members: list, err: BaseException) -> None:
                 continue
             records.atomic_write_text(member.run_dir / records.TRACEBACK, "".join(
                 traceback.format_exception(type(err), err, err.__traceback__)))
-            callbacks._write_result(member.run_dir, member.cfg, "exception",
-                                    f"{type(err).__name__}: {err}", recorded_by="pack leader")
+            killed_jobs.write_result(member.run_dir, member.cfg, "exception",
+                                f"{type(err).__name__}: {err}", recorded_by="pack leader")
         except Exception as inner:  # never mask the pack's own error
             log.warning(f"could not record the pack's failure for {member.run_dir}: {inner}")
 

@@ -17,7 +17,8 @@ a callback into a warning and carries on, so the refusal is a ``SystemExit``.
 
 The plan stays in this process (module state, never on the callback object: Hydra pickles its
 callbacks into every submitit job) for the launchers in ``hydra_plugins.ptychostab_launcher``,
-which skip finished runs and record runs the scheduler killed (:func:`record_killed`).
+which skip finished runs and record runs the scheduler killed
+(:func:`ptychostab.launch.killed_jobs.record_killed`).
 
 ``on_job_end`` (in the job's process) is a safety net: a job whose task raised anyway and left
 no final ``result.json`` gets an ``exception`` record, so the aggregator sees it.
@@ -38,6 +39,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptychostab import config as cfgmod
 from ptychostab import identity
+from ptychostab.analysis import sweepdir
+from ptychostab.launch import grid, killed_jobs, packs
 from ptychostab.launch import plan as planmod
 from ptychostab.launch.sweep_lock import LOCK_NAME, SweepLock, SweepLocked
 from ptychostab.runs import records
@@ -68,12 +71,12 @@ def preflight(config: DictConfig) -> planmod.Plan | None:
             + cfgmod.pack_problems(config))
     lock_dir = Path(str(config.hydra.sweep.dir))
     pack = OmegaConf.select(config, "pack", default=1)
-    if not planmod.is_basic_sweeper(config) and isinstance(pack, int) and pack > 1:
+    if not grid.is_basic_sweeper(config) and isinstance(pack, int) and pack > 1:
         sweeper = OmegaConf.select(config, "hydra.sweeper._target_")
         _refuse([f"pack={pack} with the sweeper {sweeper}"
                  f": packing groups the seeds of the grid, which only the basic grid sweeper "
                  f"expands before launching; use pack=1 with this sweeper"])
-    if not planmod.is_basic_sweeper(config):
+    if not grid.is_basic_sweeper(config):
         log.warning("not the basic grid sweeper: no plan, only the sweep lock")
         _take_lock(lock_dir, mode=_sweep_mode(config))
         return None
@@ -83,8 +86,8 @@ def preflight(config: DictConfig) -> planmod.Plan | None:
         raise SweepRefused(f"preflight: {err}\nNothing was launched.") from None
     _refuse(plan.refusals(), "arm(s) that cannot run")
     _take_lock(plan.sweep_dir, mode=_sweep_mode(config))
-    for name, write in ((planmod.PLAN_CSV, planmod.write_csv),
-                        (planmod.PACKS_JSON, planmod.write_packs)):
+    for name, write in ((sweepdir.PLAN_CSV, planmod.write_csv),
+                        (sweepdir.PACKS_JSON, packs.write_packs)):
         try:
             write(plan)
         except OSError as err:
@@ -92,7 +95,7 @@ def preflight(config: DictConfig) -> planmod.Plan | None:
             raise SweepRefused(f"preflight: cannot write {plan.sweep_dir / name}: "
                                f"{err.strerror or err} ({type(err).__name__}). Nothing was "
                                f"launched.") from None
-    log.info("plan (%s):\n%s", plan.sweep_dir / planmod.PLAN_CSV, planmod.format_plan(plan))
+    log.info("plan (%s):\n%s", plan.sweep_dir / sweepdir.PLAN_CSV, planmod.format_plan(plan))
     _STATE["plan"] = plan
     return plan
 
@@ -183,86 +186,7 @@ class SweepPreflight(Callback):
                 return
             text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
             records.atomic_write_text(run_dir / records.TRACEBACK, text)
-            _write_result(run_dir, config, "exception", f"{type(err).__name__}: {err}",
+            killed_jobs.write_result(run_dir, config, "exception", f"{type(err).__name__}: {err}",
                           recorded_by="hydra on_job_end")
         except Exception as err:  # never mask the job's own error
             log.warning(f"on_job_end could not record the failure: {err}")
-
-
-# --- records for runs that could not write their own ---------------------------------------------
-def _write_result(run_dir: Path, cfg: Any, status: str, message: str, *,
-                  cause: str | None = None, **extra: Any) -> None:
-    """An ``exception``/``timeout``/``preempted``/``infra`` result for a run that died early,
-    built from what is on disk (manifest, history)."""
-    manifest = records.read_json(run_dir / records.MANIFEST).data or {}
-    rows = records.read_history(run_dir / records.HISTORY).data or []
-    last = rows[-1] if rows else {}
-    epoch = int(last["epoch"]) + 1 if rows and last.get("epoch") == last.get("epoch") else 0
-    step = last.get("global_step")
-    wall = last.get("wall_s")
-    step = int(step) if isinstance(step, float) and step == step else None
-    wall = float(wall) if isinstance(wall, float) and wall == wall else None
-    sweep = manifest.get("sweep") or _get(cfg, "sweep")
-    arm_id = manifest.get("arm_id") or run_dir.parent.name
-    seed = manifest.get("seed", _get(cfg, "seed"))
-    record = records.result_record(
-        status=status, sweep=sweep, arm_id=arm_id, seed=seed,
-        failure_info=records.failure(status, epoch=epoch, step=step, wall_s=wall,
-                                     message=message, cause=cause),
-        metrics={}, metrics_best=None, grad_norm={}, epochs_completed=len(rows),
-        global_step=step or 0, wall_s=wall or 0.0, params={}, peak_memory_bytes=None, **extra)
-    records.atomic_write_json(run_dir / records.RESULT, record)
-
-
-def _get(cfg: Any, key: str) -> Any:
-    try:
-        return cfg[key] if cfg is not None else None
-    except Exception:
-        return None
-
-
-# SLURM job states (sacct) -> record status (and infra cause). A scheduler's out-of-memory kill
-# and a node failure are infrastructure faults (``infra``, not final: a rerun retries them; an
-# out-of-memory error raised in the process is the job's own final ``oom``). Anything else that
-# kills a started job (CANCELLED, PREEMPTED, REQUEUED, ...) is "preempted": stopped from
-# outside, resumable from last.ckpt by the next run of the sweep. None of these is final.
-_STATE_STATUS = {"TIMEOUT": ("timeout", None), "DEADLINE": ("timeout", None),
-                 "OUT_OF_MEMORY": ("infra", "memory"), "NODE_FAIL": ("infra", "node"),
-                 "BOOT_FAIL": ("infra", "node")}
-
-
-def classify_state(state: str) -> tuple[str, str | None]:
-    """(status, infra cause or None) for a SLURM state such as ``OUT_OF_MEMORY``."""
-    return _STATE_STATUS.get(state.split()[0].upper() if state else "", ("preempted", None))
-
-
-def status_for_state(state: str) -> str:
-    return classify_state(state)[0]
-
-
-def record_killed(plan: planmod.Plan | None, overrides: Sequence[str], *, state: str,
-                  job_id: str, message: str = "") -> str:
-    """Record a job the scheduler ended without a result; returns the status it now has.
-
-    A job that never started (no manifest.json) is left alone: it is ``missing`` (plan.csv
-    lists it). A final result (the job finished just before the kill) is never overwritten.
-    """
-    job = plan.job_for(overrides) if plan is not None else None
-    if job is None:
-        return "unknown"
-    run_dir = job.run_dir
-    current = records.read_json(run_dir / records.RESULT)
-    if current.ok and records.is_final(current.data.get("status")):
-        return str(current.data["status"])
-    if not (run_dir / records.MANIFEST).exists():
-        return "missing"
-    status, cause = classify_state(state)
-    first = message.strip().splitlines()[0] if message.strip() else ""
-    what = {"memory": "killed by the scheduler for exceeding its memory limit (retried by a "
-                      "rerun; raise cluster.mem_gb)",
-            "node": "lost with its node (retried by a rerun)"}.get(cause or "", "")
-    _write_result(run_dir, {"sweep": plan.sweep, "seed": job.seed}, status,
-                  f"SLURM job {job_id} ended in state {state} without a result"
-                  f"{': ' + what if what else ''}. {first}".strip(),
-                  cause=cause, recorded_by="launcher", slurm_state=state, slurm_job_id=job_id)
-    return status

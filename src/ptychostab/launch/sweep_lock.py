@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-LOCK_NAME = ".sweep.lock"
+from ptychostab.analysis.sweepdir import SWEEP_LOCK as LOCK_NAME
 
 
 class SweepLocked(RuntimeError):

@@ -2,8 +2,9 @@
 
 Reads only: the run records (:mod:`ptychostab.runs.records`), the liveness files
 (:mod:`ptychostab.runs.lock`), ``plan.csv`` and submitit's ``.submitit/`` folder of each sweep,
-plus a :class:`Queue` of SLURM job states handed in (parsed from ``squeue``/``sacct`` text by
-:func:`parse_squeue`/:func:`parse_sacct`; :mod:`ptychostab.cli.status` runs the commands).
+plus a :class:`~ptychostab.monitor.slurm.Queue` of SLURM job states handed in (parsed from
+``squeue``/``sacct`` text by :mod:`ptychostab.monitor.slurm`; :mod:`ptychostab.cli.status` runs
+the commands).
 Pure Python (no torch, Lightning, Hydra or pandas); it never writes a file.
 
 Every run carries two labels. ``status``/``family``: what its records say, word for word as
@@ -28,126 +29,25 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
-import pickletools
-import re
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ptychostab.analysis import sweepdir
+from ptychostab.monitor import slurm
 from ptychostab.runs import lock as lockmod
 from ptychostab.runs import records
 
 LIVE_STATES = ("done", "running", "queued", "dead", "not started", "stopped")
 FAMILY_NAMES = tuple(dict.fromkeys(records.FAMILIES.values()))  # ok, instability, ...
-SLURM_QUEUED = frozenset(("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
-                          "SPECIAL_EXIT"))
-SLURM_RUNNING = frozenset(("RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STAGE_OUT",
-                           "SIGNALING", "RESIZING", "STOPPED"))
-SLURM_DEAD = frozenset(("FAILED", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT",
-                        "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"))
 RATE_WINDOW = 5  # epochs of history behind steps/s
-
-
-# --- SLURM ------------------------------------------------------------------------------------
-@dataclass
-class Queue:
-    """SLURM job states by job id (``123`` or ``<array>_<task>``); ``squeue`` beats ``sacct``."""
-
-    states: dict[str, str] = field(default_factory=dict)
-    sources: list[str] = field(default_factory=list)  # the commands that answered
-    problems: list[str] = field(default_factory=list)
-    note: str = ""  # why the queue was not asked, when it was not
-
-    def state(self, job_id: str | None) -> str | None:
-        return self.states.get(str(job_id)) if job_id else None
-
-
-def expand_job_id(text: str) -> list[str]:
-    """``123_[1-3,7%2]`` -> ``123_1 123_2 123_3 123_7``; other ids unchanged."""
-    m = re.fullmatch(r"(\d+)_\[([^\]]*)\]", text.strip())
-    if not m:
-        return [text.strip()]
-    out = []
-    for part in m.group(2).split("%")[0].split(","):
-        lo, _, hi = part.partition("-")
-        if lo.isdigit() and (hi.isdigit() or not hi):
-            out += [f"{m.group(1)}_{i}" for i in range(int(lo), int(hi or lo) + 1)]
-    return out
-
-
-def parse_states(text: str) -> dict[str, str]:
-    """``{job_id: state}`` from ``squeue --array --noheader --format=%i|%T|%r`` or
-    ``sacct --parsable2 --noheader --allocations --format=JobID,State,...`` output (job steps
-    such as ``123.batch`` skipped, ``CANCELLED by 0`` -> ``CANCELLED``, arrays expanded)."""
-    out = {}
-    for line in text.splitlines():
-        cells = line.strip().split("|")
-        if len(cells) < 2 or not cells[0] or "." in cells[0] or not cells[1].split():
-            continue
-        state = cells[1].split()[0].upper()
-        if state != "STATE":
-            out.update({jid: state for jid in expand_job_id(cells[0])})
-    return out
-
-
-parse_squeue = parse_sacct = parse_states
-
-
-def make_queue(squeue: str | None = None, sacct: str | None = None,
-               problems: Iterable[str] = ()) -> Queue:
-    """A :class:`Queue` from command outputs (None: that command did not answer)."""
-    states = parse_states(sacct) if sacct is not None else {}
-    states.update(parse_states(squeue) if squeue is not None else {})
-    return Queue(states=states, problems=list(problems),
-                 sources=[n for n, t in (("squeue", squeue), ("sacct", sacct)) if t is not None])
-
-
-_CATEGORY = {**dict.fromkeys(SLURM_RUNNING, "running"), **dict.fromkeys(SLURM_QUEUED, "queued"),
-             **dict.fromkeys(SLURM_DEAD, "dead"), "COMPLETED": "completed"}
-
-
-def slurm_category(state: str | None) -> str | None:
-    """``running``, ``queued``, ``dead``, ``completed`` or None (unknown / no state)."""
-    return _CATEGORY.get(state or "")
-
-
-def _job_key(job_id: str) -> tuple[int, ...]:
-    return tuple(int(p) if p.isdigit() else -1 for p in str(job_id).split("_"))
-
-
-def pick_job(candidates: Iterable[str], queue: Queue) -> str | None:
-    """A running or pending job first, else the newest id."""
-    ids = sorted({str(c) for c in candidates if c}, key=_job_key, reverse=True)
-    alive = [j for j in ids if slurm_category(queue.state(j)) in ("running", "queued")]
-    return (alive or ids or [None])[0]
-
-
-def submitit_jobs(sweep_dir: Path) -> dict[int, list[tuple[str, frozenset]]]:
-    """``{grid index: [(job id, strings of the pickle)]}`` from
-    ``.submitit/<job>/<job>_submitted.pkl`` (read as opcodes: nothing is unpickled)."""
-    out: dict[int, list[tuple[str, frozenset]]] = {}
-    root = Path(sweep_dir) / sweepdir.SUBMITIT_DIR
-    if not root.is_dir():
-        return out
-    for pkl in sorted(root.glob("*/*_submitted.pkl")):
-        try:
-            strings = [arg for _, arg, _ in pickletools.genops(pkl.read_bytes())
-                       if isinstance(arg, str)]
-        except Exception:  # truncated or foreign: ignore, the manifests still map the job
-            continue
-        index = next((int(s[11:]) for s in strings if re.fullmatch(r"job_id_for_\d+", s)), None)
-        if index is not None:
-            out.setdefault(index, []).append((pkl.name[: -len("_submitted.pkl")],
-                                              frozenset(strings)))
-    return out
 
 
 def known_jobs(sweeps: Iterable["SweepState"]) -> list[str]:
     """Base job ids (array ids) the sweeps know of: what to ask ``sacct -j`` about."""
     return sorted({j.split("_")[0] for s in sweeps for r in s.runs for j in r.job_candidates},
-                  key=_job_key)
+                  key=slurm.job_key)
 
 
 # --- one run ----------------------------------------------------------------------------------
@@ -275,15 +175,16 @@ def read_run_state(run: RunState, *, now: float, extra_jobs: Iterable[str] = ())
         if info.get("slurm_job_id"):
             jobs.append(str(info["slurm_job_id"]))
     run.started = run.started or bool(rows) or info is not None
-    run.job_candidates = sorted(set(jobs), key=_job_key)
-    resolve(run, Queue())
+    run.job_candidates = sorted(set(jobs), key=slurm.job_key)
+    resolve(run, slurm.Queue())
 
 
-def resolve(run: RunState, queue: Queue) -> None:
+def resolve(run: RunState, queue: slurm.Queue) -> None:
     """Set the run's SLURM job and state, ``live`` and (running) ``eta_s`` from ``queue``."""
     fresh = bool(run.lock and run.lock["fresh"])
     lock_job = str((run.lock or {}).get("slurm_job_id") or "")
-    run.slurm_job_id = lock_job if fresh and lock_job else pick_job(run.job_candidates, queue)
+    run.slurm_job_id = (lock_job if fresh and lock_job
+                        else slurm.pick_job(run.job_candidates, queue))
     run.slurm_state = queue.state(run.slurm_job_id)
     run.live = live_state(run, fresh=fresh, lock_job=lock_job)
     run.eta_s = (run_eta(run, run._steps_per_epoch, run._since_epoch_s)
@@ -313,7 +214,7 @@ def live_state(run: RunState, *, fresh: bool, lock_job: str) -> str:
     """The ``live`` label (module docstring): done, running, queued, dead, not started, stopped."""
     if records.is_final(run.status):
         return "done"
-    by_slurm = slurm_category(run.slurm_state)
+    by_slurm = slurm.slurm_category(run.slurm_state)
     if by_slurm in ("running", "queued", "dead") and (not fresh or lock_job == run.slurm_job_id):
         return by_slurm
     if fresh:
@@ -331,7 +232,7 @@ class SweepState:
     problems: list[str] = field(default_factory=list)
 
 
-def read_sweep(sweep_dir: str | os.PathLike, queue: Queue | None = None, *,
+def read_sweep(sweep_dir: str | os.PathLike, queue: slurm.Queue | None = None, *,
                now: float) -> SweepState:
     """Every run of ``plan.csv`` and every run folder of one sweep folder (then
     :func:`apply_queue` with ``queue`` when given)."""
@@ -339,7 +240,7 @@ def read_sweep(sweep_dir: str | os.PathLike, queue: Queue | None = None, *,
     plan, problem = sweepdir.read_plan(sweep_dir)
     plan = plan or []
     found = sweepdir.find_run_dirs(sweep_dir)
-    by_index = submitit_jobs(sweep_dir)
+    by_index = slurm.submitit_jobs(sweep_dir)
     runs, seen = [], set()
     for index, row in enumerate(plan):
         key = (row["arm_id"], row["seed"])
@@ -367,7 +268,7 @@ def read_sweep(sweep_dir: str | os.PathLike, queue: Queue | None = None, *,
     return apply_queue(state, queue) if queue is not None else state
 
 
-def apply_queue(state: SweepState, queue: Queue) -> SweepState:
+def apply_queue(state: SweepState, queue: slurm.Queue) -> SweepState:
     """:func:`resolve` every run of ``state`` against ``queue`` (in place; returns ``state``)."""
     for run in state.runs:
         resolve(run, queue)
@@ -455,7 +356,7 @@ def sweep_summary(state: SweepState) -> dict:
 SCHEMA = "ptychostab.status/1"
 
 
-def snapshot(sweeps: list[SweepState], queue: Queue, *, now: float) -> dict:
+def snapshot(sweeps: list[SweepState], queue: slurm.Queue, *, now: float) -> dict:
     """The whole status document (the ``--json`` schema, documented in the CLI)."""
     every = [r for s in sweeps for r in s.runs]
     return {"schema": SCHEMA,
