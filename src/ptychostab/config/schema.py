@@ -138,8 +138,8 @@ class FailureConfig:
     loss_factor: float = 100.0
     grad_norm_bound: float = 1.0e6
     patience_steps: int = 50
-    collapse_rel_std: float = 1.0e-3
-    collapse_ssim: float = 0.5
+    collapse_rel_std: Optional[float] = 1.0e-3  # null disables the check
+    collapse_ssim: Optional[float] = 0.5  # null disables the check
     test_inject_nan_step: Optional[int] = None
     test_inject_exception_step: Optional[int] = None
 

@@ -235,8 +235,10 @@ def _check_failure(c: _Checker) -> None:
     c.number("failure.loss_factor", low=1, low_open=True)
     c.number("failure.grad_norm_bound", low=0, low_open=True)
     c.integer("failure.patience_steps", 1)
-    c.number("failure.collapse_rel_std", low=0)
-    c.number("failure.collapse_ssim", low=0, high=1)
+    if c.get("failure.collapse_rel_std") is not None:
+        c.number("failure.collapse_rel_std", low=0, what=" (or null: off)")
+    if c.get("failure.collapse_ssim") is not None:
+        c.number("failure.collapse_ssim", low=0, high=1, what=" (or null: off)")
     c.opt_integer("failure.test_inject_nan_step", 0)
     c.opt_integer("failure.test_inject_exception_step", 0)
 
