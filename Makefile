@@ -21,7 +21,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## make .venv: torch==2.13.0 (CPU wheel) first, then the project with dev extras
 
-test: install ## run the default (fast) test suite
+test: install ## run the default (fast) test suite (after checking the installed versions against pyproject.toml)
+	$(PY) scripts/check_deps.py
 	$(PY) -m pytest -q
 
 # --- experiments (experiments/README.md) ------------------------------------------------------
