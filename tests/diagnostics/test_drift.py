@@ -13,6 +13,7 @@ from ptychostab.diagnostics.drift import (
     DriftProbe,
     probe_indices,
     read_activations,
+    write_activations,
 )
 from ptychostab.models import PtychoBlock, build_generator
 
@@ -145,3 +146,78 @@ def test_reader_skips_a_truncated_row(tmp_path):
     log.path.write_text(text + "0,0,encoder.0.0,0,16\n")
     rows = read_activations(log.path)
     assert len(rows) == len(log.rows) and all(math.isfinite(r["out_mean"]) for r in rows)
+
+
+# --- resume: lost rows measured again, the initialisation never replaced (issue 20) ---------
+def _train_a_little(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+
+
+def test_lost_rows_of_a_due_epoch_are_measured_again_with_every_2(tmp_path):
+    """every_n_epochs=2: epoch 1 is due; killed after its last.ckpt, before its rows: the
+    resume from that epoch-end checkpoint (same weights) measures exactly those rows."""
+    log, model = _log(tmp_path, every=2)
+    log.start(0)
+    log.epoch_end(0)
+    log.epoch_end(1)
+    want = read_activations(log.path)
+    assert sorted({r["epoch"] for r in want}) == [-1, 1]
+    write_activations(log.path, [r for r in want if r["epoch"] == -1])  # epoch 1's are lost
+    again = ActivationLog(log.path, every_n_epochs=2)
+    again.probe = log.probe  # the restored weights: those of the end of epoch 1
+    again.start(completed_epochs=2, weights_at_epoch_end=True)
+    assert read_activations(log.path) == want == again.rows
+
+
+@pytest.mark.parametrize("completed, at_end", [(3, True), (2, False)])
+def test_no_rows_are_measured_for_an_epoch_not_due_or_from_other_weights(tmp_path, completed,
+                                                                         at_end):
+    """(3, True): epoch 2 is not due with every 2; (2, False): a mid-epoch checkpoint holds
+    weights of no epoch end. Either way nothing is measured: the rows stay as they were."""
+    log, model = _log(tmp_path, every=2)
+    log.start(0)
+    init = read_activations(log.path)
+    again = ActivationLog(log.path, every_n_epochs=2)
+    again.probe = log.probe
+    again.start(completed_epochs=completed, weights_at_epoch_end=at_end)
+    assert read_activations(log.path) == init
+
+
+@pytest.mark.parametrize("initial_weights", [None, False])
+def test_a_resume_inside_epoch_0_keeps_the_initialisation_rows(tmp_path, initial_weights):
+    """Preempted inside epoch 0 (completed 0, weights partly trained): the epoch -1 rows
+    written at the start stay exactly as they were."""
+    log, model = _log(tmp_path)
+    log.start(0)
+    init = read_activations(log.path)
+    _train_a_little(model)
+    assert log.probe.measure(-1) != init  # other weights now
+    again = ActivationLog(log.path, every_n_epochs=1)
+    again.probe = log.probe
+    again.start(completed_epochs=0, weights_at_epoch_end=False,
+                initial_weights=initial_weights)
+    assert read_activations(log.path) == init == again.rows
+
+
+def test_missing_initialisation_rows_are_never_measured_on_trained_weights(tmp_path):
+    """The epoch -1 rows are gone (the probe was off in the first segment) and the weights
+    are partly trained: a gap, never rows of other weights under epoch -1. With the initial
+    weights (a resume before the first step) they are measured."""
+    log, model = _log(tmp_path)
+    log.start(0)
+    init = read_activations(log.path)
+    log.path.unlink()
+    fresh = ActivationLog(log.path, every_n_epochs=1)
+    fresh.probe = log.probe
+    fresh.start(completed_epochs=0, weights_at_epoch_end=True, initial_weights=True)
+    assert read_activations(log.path) == init
+    log.path.unlink()
+    _train_a_little(model)
+    resumed = ActivationLog(log.path, every_n_epochs=1)
+    resumed.probe = log.probe
+    resumed.start(completed_epochs=0, weights_at_epoch_end=False, initial_weights=False)
+    assert read_activations(log.path) == [] and resumed.rows == []
+    resumed.epoch_end(0)
+    assert {r["epoch"] for r in read_activations(log.path)} == {0}

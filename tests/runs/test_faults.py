@@ -13,9 +13,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ptychostab.diagnostics.drift import ACTIVATIONS, read_activations, write_activations
 from ptychostab.runs import job as job_mod
 from ptychostab.runs import records
-from ptychostab.runs.checkpoint import load_checkpoint
+from ptychostab.runs.checkpoint import atomic_torch_save, load_checkpoint
 from ptychostab.runs.lock import RunLock, RunLocked
 from ptychostab.runs.recorder import RunRecorder
 from ptychostab.training.module import PtychoModule
@@ -295,3 +296,135 @@ def test_recorder_keeps_a_final_record_and_a_resumable_one_from_outside(tmp_path
     ok = {**base, "status": "ok"}
     assert rec.write_result(ok) == ok
     assert rec.write_result({**base, "status": "timeout"}) == ok and result(tmp_path) == ok
+
+
+# --- fault paths that must stay apart (issue 20) -------------------------------------------
+def test_an_io_error_reading_a_good_last_ckpt_is_infra_disk_and_the_rerun_resumes(
+        base, tmp_path, monkeypatch, failing_checkpoint_reads):
+    """EIO while reading last.ckpt is the disk's fault, not a damaged file: the checkpoint
+    is neither set aside nor replaced, nothing restarts, and the rerun resumes from it."""
+    cfg, run_dir, reference, ref_dir = copy_preempted(base, tmp_path)
+    ckpt_before = (run_dir / records.LAST_CKPT).read_bytes()
+    history_before = (run_dir / records.HISTORY).read_bytes()
+    res = run(cfg, run_dir)
+    assert res["status"] == "infra" and res["failure"]["cause"] == "disk"
+    assert res["failure"]["message"].startswith(
+        f"Input/output error while reading {run_dir / records.LAST_CKPT}")
+    assert (run_dir / records.LAST_CKPT).read_bytes() == ckpt_before
+    assert (run_dir / records.HISTORY).read_bytes() == history_before
+    assert not [p.name for p in run_dir.iterdir() if ".damaged-" in p.name
+                or ".restart-" in p.name]
+    assert records.read_json(run_dir / records.MANIFEST).data["restarts"] == []
+    assert "RESTART" not in (run_dir / records.RUN_LOG).read_text()
+
+    monkeypatch.undo()  # the disk is back
+    again = run(cfg, run_dir)
+    assert again["status"] == "ok" and again["global_step"] == 12
+    same_rows(rows(run_dir), rows(ref_dir))
+    assert again["metrics"]["best_val_loss"] == reference["metrics"]["best_val_loss"]
+    segments = records.read_json(run_dir / records.MANIFEST).data["segments"]
+    assert segments[-1]["resumed_from"]["global_step"] == 6
+
+
+def test_an_oserror_of_our_own_code_is_a_final_exception(make_cfg, tmp_path, monkeypatch):
+    """A FileNotFoundError raised inside training (not the storage's) is our bug: final
+    ``exception``, which a rerun skips; never ``infra`` retried on every rerun."""
+    def missing(self, batch, batch_idx):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/nowhere/x.npz")
+
+    monkeypatch.setattr(PtychoModule, "training_step", missing)
+    res = run(make_cfg(), tmp_path)
+    assert res["status"] == "exception" and "cause" not in res["failure"]
+    assert res["failure"]["message"].startswith("FileNotFoundError")
+    assert "a bug in ptychostab" in res["failure"]["message"]
+    assert run(make_cfg(), tmp_path) == res  # final: the rerun skips it
+
+
+def test_wall_s_accumulates_across_a_resume(base, tmp_path):
+    """The resumed segment's clock starts at the checkpoint's wall_s: the history rows it
+    writes and the final result count the earlier segment's time (here set to 1000 s)."""
+    cfg, run_dir, reference, ref_dir = copy_preempted(base, tmp_path)
+    path = run_dir / records.LAST_CKPT
+    ckpt = load_checkpoint(path)
+    first_segment = ckpt["wall_s"]
+    assert 0 < first_segment < 600
+    atomic_torch_save({**ckpt, "wall_s": 1000.0}, path)
+    res = run(cfg, run_dir)
+    assert res["status"] == "ok"
+    assert 1000.0 < res["wall_s"] < 1600.0
+    walls = [r["wall_s"] for r in records.read_history(run_dir / records.HISTORY).data]
+    assert len(walls) == 3
+    assert walls[0] <= first_segment  # epoch 0: the first segment's own row, kept
+    assert 1000.0 < walls[1] <= walls[2] <= res["wall_s"]
+    assert 1000.0 < load_checkpoint(path)["wall_s"] <= res["wall_s"]
+
+
+def preempt_at(cfg, run_dir, step):
+    mp = pytest.MonkeyPatch()
+    previous = signal.signal(signal.SIGUSR2, lambda s, f: None)
+    try:
+        stop_at_step(mp, step, signal.SIGUSR2)
+        return run(cfg, run_dir)
+    finally:
+        mp.undo()
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_a_preemption_inside_epoch_0_keeps_the_initialisation_rows(base, tmp_path):
+    """Preempted at step 2 (epoch 0, batch 2): the resumed run must not measure its partly
+    trained weights as epoch -1; every row equals the uninterrupted run's."""
+    cfg, root, reference = base
+    run_dir = tmp_path / "run"
+    assert preempt_at(cfg, run_dir, 2)["status"] == "preempted"
+    ckpt = load_checkpoint(run_dir / records.LAST_CKPT)["training"]
+    assert ckpt["epoch"] == 0 and ckpt["step_in_epoch"] == 2
+    want = read_activations(root / "reference" / ACTIVATIONS)
+    init = [r for r in want if r["epoch"] == -1]
+    assert init and read_activations(run_dir / ACTIVATIONS) == init
+    assert run(cfg, run_dir)["status"] == "ok"
+    assert read_activations(run_dir / ACTIVATIONS) == want
+
+
+def test_lost_rows_of_a_due_epoch_are_measured_again_on_resume(make_cfg, tmp_path):
+    """every_n_epochs=2: killed after epoch 1's last.ckpt landed, before its rows did; the
+    rerun (nothing left to train) measures them again from the restored weights."""
+    cfg = make_cfg(**{"diagnostics.every_n_epochs": 2, "trainer.max_epochs": 2})
+    first = run(cfg, tmp_path)
+    assert first["status"] == "ok"
+    want = read_activations(tmp_path / ACTIVATIONS)
+    assert sorted({r["epoch"] for r in want}) == [-1, 1]
+    write_activations(tmp_path / ACTIVATIONS, [r for r in want if r["epoch"] != 1])
+    (tmp_path / records.RESULT).unlink()
+    again = run(cfg, tmp_path)
+    assert again["status"] == "ok" and again["global_step"] == first["global_step"]
+    assert read_activations(tmp_path / ACTIVATIONS) == want
+
+
+def test_an_error_of_our_code_while_saving_at_a_preemption_is_recorded(make_cfg, tmp_path,
+                                                                        monkeypatch):
+    """SIGUSR2 at step 2, and the save of last.ckpt raises a PermissionError (not the
+    storage's): the run ends ``exception`` with its record; run_job does not raise."""
+    from ptychostab.runs import recorder as recorder_mod
+
+    def denied(obj, path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(recorder_mod, "atomic_torch_save", denied)
+    res = preempt_at(make_cfg(), tmp_path, 2)
+    assert res["status"] == "exception" and res["failure"]["message"].startswith(
+        "PermissionError")
+    assert result(tmp_path) == res and not (tmp_path / records.RUN_LOCK).exists()
+
+
+def test_missing_initialisation_rows_stay_missing_after_a_preemption_inside_epoch_0(
+        base, tmp_path):
+    """Preempted at step 2 without epoch -1 rows (the probe was off in the first segment):
+    the resumed run cannot measure the initial weights any more, so it writes none; it
+    never labels its partly trained weights epoch -1."""
+    cfg, root, reference = base
+    run_dir = tmp_path / "run"
+    assert preempt_at(cfg, run_dir, 2)["status"] == "preempted"
+    (run_dir / ACTIVATIONS).unlink()
+    assert run(cfg, run_dir)["status"] == "ok"
+    want = [r for r in read_activations(root / "reference" / ACTIVATIONS) if r["epoch"] >= 0]
+    assert read_activations(run_dir / ACTIVATIONS) == want

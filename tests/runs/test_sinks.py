@@ -236,10 +236,10 @@ def test_lightning_noise_is_silenced_where_it_arises(make_cfg, tmp_path, caplog,
 
 
 def test_composed_knobs_reach_the_sinks(trackers_installed):
-    from ptychostab import config as C
+    from ptychostab import config as cfgmod
 
     def sinks(*o):
-        return build_sinks(C.to_plain(C.compose(["data=tiny", *o])))
+        return build_sinks(cfgmod.to_plain(cfgmod.compose(["data=tiny", *o])))
 
     default = sinks()
     assert [type(s) for s in default] == [ActivationSink, TrackerSink, ProgressSink]

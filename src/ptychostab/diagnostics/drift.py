@@ -23,6 +23,7 @@ completed, so a kill between the file and the checkpoint never duplicates or los
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ __all__ = [
 PROBE_SIZE = 16
 SATURATION_THRESHOLD = -3.0  # GELU(x) for x < -3 is within 0.4% of 0: a dead unit
 INIT_EPOCH = -1
+
+log = logging.getLogger(__name__)
 
 #: Statistic columns, in the order of the device-side reduction in :meth:`DriftProbe.measure`.
 STAT_COLUMNS = (
@@ -224,24 +227,42 @@ class ActivationLog:
         batch = val_data.index_select(0, idx.to(val_data.device)).to(device).clone()
         self.probe = DriftProbe(generator, batch)
 
-    def start(self, completed_epochs: int, weights_at_epoch_end: bool = False) -> None:
-        """A fresh run (``completed_epochs == 0`` and no rows kept) probes the initial weights
-        as epoch -1; a resumed one keeps the rows of epochs ``< completed_epochs`` only.
+    def start(self, completed_epochs: int, weights_at_epoch_end: bool = False,
+              initial_weights: bool | None = None) -> None:
+        """A fresh run probes the initial weights as epoch -1; a resumed one keeps the rows of
+        epochs ``< completed_epochs`` only (rows already kept are never measured again).
 
-        ``weights_at_epoch_end``: the generator holds the weights of the end of epoch
-        ``completed_epochs - 1`` (a resume from an epoch-end checkpoint); if that epoch was due
-        and its rows are missing (killed between the checkpoint and this file), measure them
-        now: the same weights and batch give the same rows."""
+        Parameters
+        ----------
+        completed_epochs : int
+            Epochs the generator's weights have completed (the checkpoint's ``epoch``).
+        weights_at_epoch_end : bool
+            The generator holds the weights of the end of epoch ``completed_epochs - 1`` (a
+            resume from an epoch-end checkpoint); if that epoch was due and its rows are
+            missing (killed between the checkpoint and this file), they are measured now: the
+            same weights and batch give the same rows.
+        initial_weights : bool, optional
+            The generator holds its initialisation (a fresh start, or a resume before the
+            first step): only then are missing epoch -1 rows measured. None: assumed when
+            ``completed_epochs == 0`` (a caller that cannot tell a fresh start from a resume
+            inside epoch 0; pass False there, or the rows of partly trained weights would be
+            labelled epoch -1).
+        """
         if not self.enabled:
             return
         kept = [r for r in read_activations(self.path) if r["epoch"] < completed_epochs]
         self.rows = kept
-        if completed_epochs == 0 and not any(r["epoch"] == INIT_EPOCH for r in kept):
-            self.rows = self._measure(INIT_EPOCH)
+        initial = completed_epochs == 0 and (initial_weights is None or bool(initial_weights))
+        if not any(r["epoch"] == INIT_EPOCH for r in kept):
+            if initial:
+                self.rows = self._measure(INIT_EPOCH)
+            else:  # the initial weights are gone: a gap, never rows of other weights
+                log.warning("%s has no epoch -1 rows and the initial weights are gone: the "
+                            "initialisation stays unmeasured", self.path)
         last = completed_epochs - 1
         if (weights_at_epoch_end and last >= 0 and (last + 1) % self.every_n_epochs == 0
-                and not any(r["epoch"] == last for r in kept)):
-            self.rows = kept + self._measure(last)
+                and not any(r["epoch"] == last for r in self.rows)):
+            self.rows = self.rows + self._measure(last)
         write_activations(self.path, self.rows)
 
     def epoch_end(self, epoch: int) -> None:

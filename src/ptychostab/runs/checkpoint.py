@@ -6,6 +6,12 @@ optimizer, scheduler, monitor, position, history, best), ``rng`` (python, numpy,
 CUDA states), ``wall_s`` (cumulative job seconds at save time), ``config_hash``.
 ``best.ckpt`` holds ``generator`` weights, ``epoch`` and ``val_loss`` only.
 
+Reading one (:func:`load_checkpoint`) tells a damaged file from a failing disk: content that is
+not a checkpoint of ours (truncated, not a zip, unpicklable, another format) raises
+:class:`DamagedCheckpoint` (the recorder sets the file aside and the run restarts); an
+``OSError`` of the storage itself (EIO, a stale NFS handle, ...) propagates as that
+``OSError`` (an infrastructure fault: the file is kept and a rerun reads it again).
+
 Written to a temporary file in the same folder, fsynced, then ``os.replace``d: a job killed
 mid-write leaves the previous checkpoint intact.
 
@@ -24,14 +30,15 @@ import os
 import random
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import IO
 
 import numpy as np
 import torch
 
 from ptychostab.atomic import atomic_write
 
-__all__ = ["FORMAT", "CheckpointWriter", "atomic_torch_save", "load_checkpoint", "rng_state",
-           "set_rng_state", "snapshot"]
+__all__ = ["FORMAT", "CheckpointWriter", "DamagedCheckpoint", "atomic_torch_save",
+           "load_checkpoint", "rng_state", "set_rng_state", "snapshot"]
 
 FORMAT = "ptychostab.ckpt/1"
 
@@ -40,15 +47,88 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
+class DamagedCheckpoint(ValueError):
+    """The file's content is not a readable checkpoint of ours (truncated, not a zip,
+    unpicklable, another format). Never raised for an error of the storage (EIO, ESTALE,
+    ...): that one propagates as the ``OSError`` it is."""
+
+
+class _Source:
+    """The checkpoint file as ``torch.load`` reads it: every ``OSError`` of the file itself is
+    kept in :attr:`io_error` (torch may turn it into another exception type on the way out),
+    and a seek outside the file, which a truncated zip asks for, is a ``ValueError`` of the
+    content instead of the ``OSError`` (EINVAL) the operating system would raise."""
+
+    def __init__(self, fh: IO[bytes]):
+        self._fh = fh
+        self._size = os.fstat(fh.fileno()).st_size
+        self.io_error: OSError | None = None
+
+    def _io(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as err:
+            self.io_error = err
+            raise
+
+    def read(self, size: int = -1) -> bytes:
+        return self._io(self._fh.read, size)
+
+    def readinto(self, buffer) -> int:
+        return self._io(self._fh.readinto, buffer)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._io(self._fh.readline, size)
+
+    def tell(self) -> int:
+        return self._io(self._fh.tell)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_END: self._size}.get(whence)
+        target = (self.tell() if base is None else base) + offset
+        if target < 0:
+            raise ValueError(f"seek to byte {target}: the file ({self._size} bytes) is "
+                             f"truncated or damaged")
+        return self._io(self._fh.seek, offset, whence)
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load one of our checkpoints onto the CPU.
 
     ``weights_only=False``: the file holds RNG states (numpy arrays, Python tuples) and was
     written by this job in its own run folder.
+
+    Raises
+    ------
+    DamagedCheckpoint
+        The content is not a checkpoint of ours: a restart sets the file aside.
+    OSError
+        Opening or reading the file failed (the storage: EIO, ESTALE, EACCES, ...): an
+        infrastructure fault, never a damaged file; the file must be kept.
+    MemoryError
+        Out of memory while loading (the file is not judged).
     """
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    from ptychostab.runs.faults import is_oom
+
+    with open(path, "rb") as fh:
+        source = _Source(fh)
+        try:
+            ckpt = torch.load(source, map_location="cpu", weights_only=False)
+        except Exception as err:
+            if source.io_error is not None:
+                raise source.io_error from None
+            if is_oom(err):
+                raise
+            raise DamagedCheckpoint(f"{path} is damaged: {type(err).__name__}: "
+                                    f"{str(err)[:300]}") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} checkpoint")
+        raise DamagedCheckpoint(f"{path} is not a {FORMAT} checkpoint")
     return ckpt
 
 

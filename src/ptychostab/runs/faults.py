@@ -13,6 +13,12 @@ out of memory raised in the process (CUDA or host)     ``oom``      (final)
 anything else: an error of our own code                ``exception`` (final, "a bug")
 =====================================================  ===========  =========================
 
+Any other ``OSError`` (``FileNotFoundError``, ``PermissionError``, ``EINVAL``, no errno) is
+ours: ``exception``, never ``infra`` (which every rerun would retry forever). The recorder
+applies the same split to its writes; reading ``last.ckpt`` is the one place where every
+``OSError`` is the storage's (``InfraFault("disk")``, the file kept), while damaged content
+is set aside and the run restarts (:class:`~.checkpoint.DamagedCheckpoint`).
+
 Messages put the root cause first (``No space left on device while writing <path>``); the
 full traceback goes to ``traceback.txt`` in the run folder. A scheduler's out-of-memory kill
 never reaches the process (SIGKILL): the launcher records it (``infra``, cause ``memory``).

@@ -280,7 +280,7 @@ class Job:
             arm=self.rec.arm, device=str(self.device), end_time=now())
         try:
             self.record = self.rec.write_result(record)
-        except InfraFault as err:  # the disk took the ending too: it stays in the log
+        except (InfraFault, OSError) as err:  # the disk took the ending too: it stays in the log
             log.error("could not record %s: %s", status, err)
             self.record = record
         return self.record
@@ -314,7 +314,7 @@ class Job:
         try:
             self.rec.save_last(m, reason=status)
             self.rec.write_history(m.history)
-        except InfraFault as err:
+        except Exception as err:  # the disk (infra) or our own bug (exception): recorded
             return self.record_error(err)
         failure = self._failure(
             status, f"{signal_name(p.signum)}: saved last.ckpt at epoch {m.epoch}, batch "

@@ -3,16 +3,29 @@
 While a run is alive its folder holds ``run.lock``, a JSON object::
 
     {"pid": 4242, "host": "node17", "slurm_job_id": "123_4", "pack_id": null,
-     "start_time": "2025-...+00:00", "heartbeat_time": "2025-...+00:00", "token": "9f3c..."}
+     "pid_start": "linux:5b0c...:123456", "start_time": "2025-...+00:00",
+     "heartbeat_time": "2025-...+00:00", "token": "9f3c..."}
+
+``pid_start`` (:func:`process_start`) says which process ``pid`` was: an opaque string,
+``linux:<boot id>:<start time in clock ticks>`` (``/proc/<pid>/stat`` field 22) on Linux,
+``ps:<ps -o lstart>`` elsewhere, null when unknown; only compared for equality, on the
+holder's host, by the same method. A lock file without it (written before it existed) is read
+as before: the pid alone says whether the holder lives.
 
 - created with ``O_CREAT | O_EXCL`` (exactly one holder), removed when the run ends;
 - ``heartbeat_time`` is rewritten (atomically) at every epoch end and every
   ``heartbeat_every_s`` seconds by a daemon thread, so it stays fresh through long epochs and
   long setups; the status view calls a run *running* while it is fresh;
 - a second process for the same folder is refused with :class:`RunLocked`, which names the
-  holder; unless the lock is stale (:func:`stale_reason`): its pid is dead on this host, it was
-  written by an earlier incarnation of this same SLURM job (a requeue), its heartbeat is older
-  than ``stale_after_s``, or it is unreadable. A stale lock is taken over (logged).
+  holder; unless the lock is stale (:func:`stale_reason`): its pid is dead on this host (or
+  alive but another process, started at another time than ``pid_start``: the pid was reused),
+  it was written by an earlier incarnation of this same SLURM job (a requeue), its heartbeat is
+  older than ``stale_after_s``, or it is unreadable. A lock of another host is never judged by
+  a pid of this one: only its heartbeat (the lease) or a requeue make it stale. A stale lock is
+  taken over (logged);
+- only its owner removes it: :meth:`RunLock.release` and :meth:`RunLock.heartbeat` check the
+  ``token``, so an owner that stalled past its lease and was taken over never deletes or
+  overwrites the new holder's lock.
 
 Pure Python (no torch): the status view and the sweep import it.
 """
@@ -24,13 +37,15 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import threading
 import uuid
 from pathlib import Path
 
 from ptychostab.atomic import atomic_write_json
 
-__all__ = ["LOCK", "RunLock", "RunLocked", "describe_holder", "read_lock", "stale_reason"]
+__all__ = ["LOCK", "RunLock", "RunLocked", "describe_holder", "process_start", "read_lock",
+           "stale_reason"]
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +107,71 @@ def read_lock(path: str | os.PathLike) -> dict | None:
     return data if isinstance(data, dict) else {}
 
 
-def _pid_alive(pid) -> bool:
+def _pid(value) -> int | None:
+    """A lock's ``pid`` as a positive int; None for anything else (0 and negative pids name
+    process groups for ``os.kill``, never one process)."""
     try:
-        os.kill(int(pid), 0)
+        pid = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return pid if pid > 0 else None
+
+
+def _pid_alive(pid) -> bool:
+    pid = _pid(pid)
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # someone else's live process
-    except (TypeError, ValueError, OverflowError):
+    except (OverflowError, OSError):
         return False
     return True
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+
+
+def process_start(pid) -> str | None:
+    """When process ``pid`` of this host started, as an opaque string (None: unknown, or no
+    such process): tells a live holder from another process that got its pid later.
+
+    Linux: ``linux:<boot id>:<ticks>`` from ``/proc/<pid>/stat`` (field 22, start time in
+    clock ticks after boot; the boot id makes it unique across reboots; None without a
+    readable boot id). Elsewhere (no ``/proc``): ``ps:<lstart>`` from
+    ``ps -o lstart= -p <pid>`` (to the second).
+    """
+    pid = _pid(pid)
+    if pid is None:
+        return None
+    if Path("/proc/self/stat").exists():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses; the fields
+            # after its closing one start at field 3, so field 22 is the 20th of them
+            ticks = stat[stat.rindex(")") + 1:].split()[19]
+        except (OSError, ValueError, IndexError):
+            return None
+        boot = _boot_id()
+        return f"linux:{boot}:{ticks}" if boot else None
+    try:
+        out = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True,
+                             text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lstart = " ".join(out.stdout.split())
+    return f"ps:{lstart}" if out.returncode == 0 and lstart else None
+
+
+def _same_method(a: str, b: str) -> bool:
+    return a.split(":", 1)[0] == b.split(":", 1)[0]
 
 
 def stale_reason(info: dict, *, stale_after_s: float = STALE_AFTER_S,
@@ -110,11 +180,18 @@ def stale_reason(info: dict, *, stale_after_s: float = STALE_AFTER_S,
     if not info or "pid" not in info:
         return "unreadable lock file"
     here = socket.gethostname()
-    if info.get("host") == here and not _pid_alive(info["pid"]):
-        return f"pid {info['pid']} is not running on {here}"
+    if info.get("host") == here:  # a pid means something on its own host only
+        if not _pid_alive(info["pid"]):
+            return f"pid {info['pid']} is not running on {here}"
+        recorded = info.get("pid_start")
+        if isinstance(recorded, str) and recorded:
+            current = process_start(info["pid"])
+            if current is not None and _same_method(current, recorded) and current != recorded:
+                return (f"pid {info['pid']} on {here} is another process now (started "
+                        f"{current}, the holder {recorded}): the pid was reused")
     ours = _slurm_job_id()
     if ours and info.get("slurm_job_id") == ours and (
-            info.get("host") != here or int(info.get("pid", -1)) != os.getpid()):
+            info.get("host") != here or _pid(info.get("pid")) != os.getpid()):
         return f"written by an earlier incarnation of SLURM job {ours} (requeued)"
     try:
         beat = _dt.datetime.fromisoformat(str(info.get("heartbeat_time")))
@@ -124,6 +201,17 @@ def stale_reason(info: dict, *, stale_after_s: float = STALE_AFTER_S,
     if age > stale_after_s:
         return f"last heartbeat {age:.0f} s ago (> {stale_after_s:g} s)"
     return None
+
+
+_OWN_START: dict[int, str | None] = {}
+
+
+def _own_start() -> str | None:
+    """:func:`process_start` of this process (once per pid: a fork gets its own)."""
+    pid = os.getpid()
+    if pid not in _OWN_START:
+        _OWN_START[pid] = process_start(pid)
+    return _OWN_START[pid]
 
 
 class RunLock:
@@ -148,7 +236,8 @@ class RunLock:
         start = _now().isoformat(timespec="seconds")
         self.info = {"pid": os.getpid(), "host": socket.gethostname(),
                      "slurm_job_id": _slurm_job_id(), "pack_id": pack_id,
-                     "start_time": start, "heartbeat_time": start, "token": uuid.uuid4().hex}
+                     "pid_start": _own_start(), "start_time": start, "heartbeat_time": start,
+                     "token": uuid.uuid4().hex}
         self.held = False
         self._mutex = threading.Lock()
         self._stop = threading.Event()
@@ -203,15 +292,43 @@ class RunLock:
             moved.unlink(missing_ok=True)
 
     def release(self) -> None:
-        """Stop the heartbeat and remove the lock if it is still ours."""
+        """Stop the heartbeat and remove the lock if it is still ours (its ``token``): an
+        owner that was taken over leaves the new holder's lock alone. Never raises."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
         with self._mutex:
-            if self.held and (read_lock(self.path) or {}).get("token") == self.info["token"]:
-                self.path.unlink(missing_ok=True)
-            self.held = False
+            try:
+                if self.held:
+                    self._remove_if_ours()
+            except OSError as err:
+                log.warning("could not remove %s: %s", self.path, err)
+            finally:
+                self.held = False
+
+    def _remove_if_ours(self) -> None:
+        """Move the lock aside, then delete it if it carries our token, else put it back (no
+        moment where a lock read as ours may be another holder's by the time it is deleted)."""
+        current = read_lock(self.path)
+        if not current or current.get("token") != self.info["token"]:
+            if current is not None:
+                log.warning("%s is held by %s now; leaving it", self.path,
+                            describe_holder(current))
+            return
+        moved = self.path.with_name(f"{self.path.name}.release-{self.info['token']}")
+        try:
+            os.replace(self.path, moved)
+        except FileNotFoundError:
+            return
+        try:
+            if (read_lock(moved) or {}).get("token") != self.info["token"]:
+                try:
+                    os.link(moved, self.path)  # taken over meanwhile: put it back
+                except FileExistsError:
+                    pass
+        finally:
+            moved.unlink(missing_ok=True)
 
     # --- liveness ------------------------------------------------------------------------------
     def heartbeat(self) -> None:

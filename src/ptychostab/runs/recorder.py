@@ -277,7 +277,8 @@ class RunRecorder:
         except OSError as err:
             if any_os_error or err.errno in DISK_ERRNOS:
                 raise InfraFault("disk", describe_os_error(err, doing, path)) from err
-            err.add_note(f"(while {doing} {path})")
+            if hasattr(err, "add_note"):  # Python >= 3.11: the traceback names the path
+                err.add_note(f"(while {doing} {path})")
             raise
 
     def _guarded(self, path: Path, fn: Callable, *args) -> None:
@@ -295,7 +296,8 @@ class RunRecorder:
 
     def submit(self, name: str, fn: Callable, *args) -> None:
         """Queue ``fn(*args)`` (args already snapshots) writing ``name`` on the background
-        writer, in order; its OSError is reported as a disk fault by the next drain."""
+        writer, in order; the next drain raises its error (a fault of the storage as
+        :class:`~.faults.InfraFault`, see :meth:`_disk`)."""
         self.writer.submit(self._guarded, self.path(name), fn, *args)
 
     def drain(self, strict: bool = True) -> None:

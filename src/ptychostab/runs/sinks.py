@@ -103,7 +103,8 @@ class ActivationSink(Sink):
         self.log = ActivationLog(run.path(records.ACTIVATIONS), every_n_epochs=self.every)
         self.log.attach(module.generator, module.val_data, module.device_)
         at_epoch_end = run.checkpoint is not None and module.step_in_epoch == 0
-        self.log.start(completed_epochs=module.epoch, weights_at_epoch_end=at_epoch_end)
+        self.log.start(completed_epochs=module.epoch, weights_at_epoch_end=at_epoch_end,
+                       initial_weights=module.global_step_count == 0)
 
     def on_epoch_end(self, run: RunRecorder, module, row: dict, is_best: bool) -> None:
         if self.log is not None:
