@@ -53,8 +53,9 @@ from ptychostab.runs.checkpoint import set_rng_state
 from ptychostab.runs.evaluation import evaluate_run, grad_norm_summary, loss_metrics, peak_memory
 from ptychostab.runs.faults import InfraFault, classify, describe_os_error
 from ptychostab.runs.lock import RunLocked
-from ptychostab.runs.recorder import RunRecorder, Sink, now
+from ptychostab.runs.recorder import RunRecorder, now
 from ptychostab.runs.signals import PreemptionGuard, signal_name, status_for_signal
+from ptychostab.runs.sink import Sink
 from ptychostab.runs.sinks import build_sinks
 from ptychostab.training.batches import place
 from ptychostab.training.clipping import GradientClipper

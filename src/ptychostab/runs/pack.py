@@ -57,7 +57,8 @@ from ptychostab.runs import records
 from ptychostab.runs.build import TorchGlobals
 from ptychostab.runs.job import Job
 from ptychostab.runs.lock import RunLocked
-from ptychostab.runs.recorder import CURRENT_RUN, RunRecorder
+from ptychostab.runs.recorder import RunRecorder
+from ptychostab.runs.runlog import CURRENT_RUN
 from ptychostab.runs.signals import PreemptionGuard
 from ptychostab.runs.sinks import build_sinks
 

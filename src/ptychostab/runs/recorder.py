@@ -46,7 +46,7 @@ sets aside every file the recorder and its sinks own (``last.ckpt.damaged-<n>``,
 
 Sinks
 -----
-Later per-run side effects (trackers, activations) are :class:`Sink` objects passed as
+Later per-run side effects (trackers, activations) are :class:`~.sink.Sink` objects passed as
 ``sinks=`` (the job builds them with :func:`ptychostab.runs.sinks.build_sinks`); each gets the
 same hooks and owns the files it names in ``files`` (set aside at a restart). A sink writes
 through ``run.submit(name, fn, *args)`` (background, ordered after that epoch's checkpoint) or
@@ -57,7 +57,6 @@ through ``run.submit(name, fn, *args)`` (background, ordered after that epoch's 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import datetime as _dt
 import logging
 import os
@@ -89,15 +88,13 @@ from ptychostab.runs.environment import (
 )
 from ptychostab.runs.faults import DISK_ERRNOS, InfraFault, describe_os_error
 from ptychostab.runs.lock import RunLock
+from ptychostab.runs.runlog import RunLog
+from ptychostab.runs.sink import Sink
 
-__all__ = ["CURRENT_RUN", "RunLog", "RunRecorder", "Sink", "now"]
+__all__ = ["RunRecorder", "now"]
 
 log = logging.getLogger(__name__)
 
-#: The run whose log lines are being emitted (packing sets it around each seed's work); None:
-#: every run.log of the process takes every line.
-CURRENT_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("ptychostab_run",
-                                                                       default=None)
 _SET_ASIDE = re.compile(r"\.(?:damaged|restart|retry)-(\d+)$")
 _UNSET = object()
 
@@ -105,92 +102,6 @@ _UNSET = object()
 def now() -> str:
     """UTC now, ISO 8601 to the second (the records' timestamps)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-class Sink:
-    """A per-run side effect plugged into the recorder's hooks (all no-ops here).
-
-    Attributes
-    ----------
-    files : tuple of str
-        Names (relative to the run folder) this sink owns: set aside by a restart or retry.
-    """
-
-    files: tuple[str, ...] = ()
-
-    def on_start(self, run: RunRecorder) -> None:
-        """The run starts a segment (lock held; ``run.checkpoint`` is the resume point or
-        None; ``run.previous_manifest`` holds what earlier segments annotated)."""
-
-    def on_ready(self, run: RunRecorder, module) -> None:
-        """The module is built and, on a resume, restored from :attr:`RunRecorder.checkpoint`
-        (its ``epoch`` is the number of completed epochs); training starts next."""
-
-    def on_sync(self, run: RunRecorder, module, step: int, values: dict) -> None:
-        """A sync point (every ``trainer.sync_every`` steps and at each epoch's last step):
-        ``values`` are the last step's ``train_loss``, ``grad_norm_pre``, ``grad_norm_post``,
-        already on the host (no extra synchronisation). Keep it cheap."""
-
-    def on_epoch_end(self, run: RunRecorder, module, row: dict, is_best: bool) -> None:
-        """An epoch ended (``row`` is its history row; its checkpoints are queued)."""
-
-    def on_end(self, run: RunRecorder, record: dict | None) -> None:
-        """The segment ends; ``record`` is what ``result.json`` holds (None if the process is
-        stopping without one, e.g. a second Ctrl-C). Errors here are logged, never raised."""
-
-    def on_restart(self, run: RunRecorder, event: dict) -> None:
-        """The run restarts from its beginning (``event`` as appended to ``restarts``);
-        this sink's ``files`` are already set aside. A tracker starts a new tracker run."""
-
-
-class RunLog:
-    """``run.log``: a file handler on the root logger while the run is open.
-
-    Lines are appended (a resumed segment continues the file). When packing sets
-    :data:`CURRENT_RUN`, a run's file takes only that run's lines.
-    """
-
-    FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-    def __init__(self, path: Path, run_id: str):
-        self.path, self.run_id = Path(path), run_id
-        self.handler: logging.Handler | None = None
-        self._attached: list[logging.Logger] = []
-        self._level: tuple[logging.Logger, int] | None = None
-
-    def _mine(self, record: logging.LogRecord) -> bool:
-        current = CURRENT_RUN.get()
-        return current is None or current == self.run_id
-
-    def open(self) -> None:
-        if self.handler is not None:
-            return
-        handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
-        handler.setLevel(logging.INFO)
-        handler.setFormatter(logging.Formatter(self.FORMAT))
-        handler.addFilter(self._mine)
-        # the root logger, and loggers that do not propagate to it (Lightning's own)
-        self._attached = [logging.getLogger()] + [
-            lg for lg in (logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric"))
-            if not lg.propagate]
-        for lg in self._attached:
-            lg.addHandler(handler)
-        pkg = logging.getLogger("ptychostab")
-        if pkg.getEffectiveLevel() > logging.INFO:  # no logging configured (no Hydra)
-            self._level = (pkg, pkg.level)
-            pkg.setLevel(logging.INFO)
-        self.handler = handler
-
-    def close(self) -> None:
-        if self.handler is None:
-            return
-        for lg in self._attached:
-            lg.removeHandler(self.handler)
-        self.handler.close()
-        if self._level is not None:
-            self._level[0].setLevel(self._level[1])
-            self._level = None
-        self.handler = None
 
 
 class RunRecorder:

@@ -1,6 +1,6 @@
 """The per-run sinks a job plugs into its recorder, built from the config.
 
-:func:`build_sinks` is the one place that decides which :class:`~.recorder.Sink` objects a run
+:func:`build_sinks` is the one place that decides which :class:`~.sink.Sink` objects a run
 gets: a new per-run side effect is a Sink class plus one line here, not an edit of the job.
 
 - :class:`ActivationSink`: ``activations.csv``, the drift probe every epoch (``diagnostics``);
@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from ptychostab.runs import records
-from ptychostab.runs.recorder import RunRecorder, Sink
+from ptychostab.runs.recorder import RunRecorder
+from ptychostab.runs.sink import Sink
 
 __all__ = ["ActivationSink", "ProgressSink", "TrackerSink", "build_sinks", "logger_settings",
            "progress_mode"]
