@@ -1,4 +1,5 @@
-"""Benchmark: Stage A training steps per second, the job's path against a bare PyTorch loop.
+"""Benchmark: Stage A training steps per second, the job's path against a bare PyTorch loop
+and against the idiomatic per-batch Lightning loop.
 
     .venv/bin/python benchmarks/train_step.py                      # GPU if present, Stage A arm
     .venv/bin/python benchmarks/train_step.py --device cpu --sizes small --steps 60 --warmup 10
@@ -9,7 +10,20 @@ What is timed, per variant (depth x clip) and implementation:
 - ``bare``: a plain PyTorch loop: same generator and initial weights, same data on the device,
   same optimizer (``build_optimizer``: Adam, foreach), same clipping (``GradientClipper``), same
   seeded batch order (``epoch_permutation``); no monitors, no records, no Lightning.
-- ``ours``: the job itself: ``runs.job._Job.setup()`` builds the PtychoModule and the Lightning
+- ``lightning`` (issue 21): the idiomatic per-batch LightningModule run by ``Trainer.fit``:
+  same generator and initial weights, loss (``predict_amplitude`` + ``get_loss``), optimizer
+  and batch order as bare; ``training_step`` per batch returning the loss, ``self.log`` of it,
+  automatic optimisation; clipping by the Trainer's ``gradient_clip_val`` /
+  ``gradient_clip_algorithm`` (norm: Lightning's ``clip_grad_norm_``; value: through
+  ``configure_gradient_clipping`` with the project's complex-aware clamp, since
+  ``clip_grad_value_`` refuses complex gradients), AGC (``GradientClipper``) in
+  ``on_before_optimizer_step``. Data placed as ours places it: the training set on the device,
+  the loader an iterable of device-side index slices of the epoch's seeded permutation (one
+  host-to-device copy per epoch, none per batch), ``index_select`` in ``training_step``.
+  Trainer flags as ours' Trainer: no logger (``self.log`` collects on the device, nothing is
+  written), no checkpointing, no progress bar or model summary. Timed by a Callback
+  (``on_train_batch_start`` of batch ``warmup`` to ``on_train_batch_end`` of the last).
+- ``ours``: the job itself: ``runs.job.Job.setup()`` builds the PtychoModule and the Lightning
   Trainer exactly as ``run_job`` does (device-resident data, monitors, sync every 50 steps,
   validation, last/best.ckpt and history.csv at each epoch end); only ``load_data`` is
   substituted (synthetic data) and the generator gets the shared initial weights.
@@ -25,7 +39,11 @@ interleaved (a shared machine's load drifts); on the GPU one after another, each
 card, so that its peak memory is its own. ``epoch end`` is ours' validation + records +
 checkpoint snapshot (the write itself is in a background thread). After the run the final
 weights of each implementation are compared with bare's (same batches, same steps):
-``max|dW|`` relative to ``max|W|``, exactly 0 for ``ours`` on the CPU.
+``max|dW|`` relative to ``max|W|``, exactly 0 for ``ours`` and ``lightning`` on the CPU (the
+same arithmetic: Lightning's norm clip is ``clip_grad_norm_``, i.e. the same total norm and
+``clip_grads_with_norm_`` the project's clipper calls; Adam's ``step(closure)`` is Adam's
+step). Ratios (``ours/bare``, ``lightning/bare``, ``ours/lightning`` and, on CUDA,
+``graphs/bare``, ``graphs/lightning``) are printed per variant and kept in the JSON.
 
 FLOPs: counted once per variant for one forward + loss + backward at the batch size with
 ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products, complex ones
@@ -33,7 +51,7 @@ counted as real; FFTs and elementwise work are not counted): TFLOP/s is a lower 
 
 Packing (issue 14, ``--pack 1,2,4,8``; replaces the table above): K seeds of the first
 variant trained in one process by the pack engine (``runs/pack.py``: each member its own
-``_Job`` setup on the shared placed data, its own CUDA stream, the members' steps in turn);
+``Job`` setup on the shared placed data, its own CUDA stream, the members' steps in turn);
 timed like ``ours`` (the last ``steps`` steps of each round, all members, ``synchronize`` then
 ``perf_counter``), reported as the aggregate steps/s of the K members and its ratio to K=1.
 Then exactness (``--pack-check K``, default 2; 0 skips): K seeds through ``run_job`` alone and
@@ -53,6 +71,7 @@ import copy
 import gc
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -63,6 +82,7 @@ import types
 import warnings
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 
@@ -73,7 +93,7 @@ from ptychostab.physics.probe import make_probe
 from ptychostab.runs import job as job_mod
 from ptychostab.runs.signals import PreemptionGuard
 from ptychostab.training.batches import epoch_permutation
-from ptychostab.training.clipping import GradientClipper
+from ptychostab.training.clipping import GradientClipper, clip_grad_value_complex_
 from ptychostab.training.optim import build_optimizer
 from ptychostab.training.settings import TrainerSettings
 from ptychostab.training.testing import tiny_config
@@ -84,6 +104,7 @@ SIZES = {  # N, finest width, modes, validation patterns (Stage A: 2,178 test pa
     "tiny": {"N": 16, "hidden": 2, "modes": 4, "val": 16},
 }
 CLIP_VALUES = {"none": None, "norm": 1.0, "value": 0.1, "agc": 0.01}
+BASELINES = ("bare", "lightning")  # not the job: no IMPL_FLAGS
 DEFAULT_VARIANTS = "4:norm,4:agc,8:norm"
 STAGE_A_STEPS_PER_EPOCH = 862
 STAGE_A_RUNS = 30  # 3 arms x 10 seeds (experiments/stage_a.yaml)
@@ -231,13 +252,141 @@ class Bare:
         return self.gen.state_dict()
 
 
+class IndexBatches:
+    """The per-batch contender's training loader: one epoch of index batches per ``iter()``,
+    on the device, in the seeded order of ``epoch_permutation`` (as bare and ours: the
+    permutation is moved to the device once per epoch and split into views; no per-batch
+    host-to-device copy, no workers, no collation). ``cursor()`` gives the epoch."""
+
+    def __init__(self, n: int, batch: int, seed: int, device: torch.device, cursor):
+        self.n, self.batch, self.seed, self.device, self.cursor = n, batch, seed, device, cursor
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch)
+
+    def __iter__(self):
+        perm = epoch_permutation(self.n, self.seed, self.cursor()).to(self.device)
+        yield from perm.split(self.batch)
+
+
+class PerBatchModule(L.LightningModule):
+    """The idiomatic per-batch LightningModule: ``training_step`` per batch returning the loss,
+    ``self.log`` per step, automatic optimisation (Lightning zeroes the gradients, calls
+    ``backward`` and ``optimizer.step``); gradient clipping by the Trainer
+    (``gradient_clip_val`` / ``gradient_clip_algorithm``) for norm and value, the value clip
+    through ``configure_gradient_clipping`` (``torch.nn.utils.clip_grad_value_`` refuses the
+    spectral layers' complex gradients: the project's complex-aware clamp instead), AGC in
+    ``on_before_optimizer_step`` (the project's ``GradientClipper``, as bare uses it)."""
+
+    def __init__(self, generator, probe, train_amp, settings: TrainerSettings,
+                 clipper: GradientClipper, seed: int, device: torch.device):
+        super().__init__()
+        self.generator = generator
+        self.register_buffer("probe", probe, persistent=False)
+        self.train_amp = train_amp  # device-resident, not a buffer: Lightning leaves it there
+        self.settings = settings
+        self.loss_fn = get_loss(settings.loss)
+        self.agc = clipper if clipper.algorithm == "agc" else None
+        self.epoch = 0  # the trainer is rebuilt per round: our own epoch count, for the order
+        self.loader = IndexBatches(train_amp.shape[0], settings.batch_size, seed, device,
+                                   cursor=lambda: self.epoch)
+        # built once and handed to every round's Trainer, so that Adam's state carries over
+        self.optimizer = build_optimizer(generator.parameters(), settings)
+
+    def training_step(self, index, batch_idx):
+        x = self.train_amp.index_select(0, index)
+        loss = self.loss_fn(predict_amplitude(self.generator(x), self.probe), x)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return self.optimizer
+
+    def train_dataloader(self):
+        return self.loader
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.agc is not None:
+            self.agc(self.generator)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val and gradient_clip_algorithm == "value":
+            clip_grad_value_complex_(self.generator.parameters(), gradient_clip_val)
+        else:  # Lightning's own (norm: torch.nn.utils.clip_grad_norm_)
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_train_epoch_end(self) -> None:
+        self.epoch += 1
+
+
+class StepTimer(L.Callback):
+    """Times batches ``warmup..`` of an epoch with the others' ``Span``: started in
+    ``on_train_batch_start`` of batch ``warmup``, stopped in ``on_train_batch_end`` of the
+    last batch (CUDA events on the GPU, the end event synchronised; ``perf_counter`` on a
+    CPU)."""
+
+    def __init__(self, warmup: int, device: torch.device):
+        self.warmup, self.device = warmup, device
+        self.span: Span | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            self.span = Span(self.device)
+            self.span.start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == trainer.num_training_batches - 1:
+            self.span.stop()
+
+
+class PerBatchLightning:
+    """The idiomatic baseline (issue 21): :class:`PerBatchModule` run by ``Trainer.fit``, one
+    epoch per round, with the Trainer flags ours' Trainer has (no logger, no checkpointing, no
+    progress bar or model summary, deterministic on a CPU): ``self.log`` collects each step's
+    loss on the device and nothing is written to disk."""
+
+    def __init__(self, args, cfg, data, init: dict, device: torch.device, root: Path):
+        self.device, self.root = device, root
+        gen = job_mod.build_model(cfg).to(device)
+        gen.load_state_dict(init)
+        settings = TrainerSettings.from_config(cfg.trainer)
+        self.clipper = GradientClipper.from_config(cfg.clip)
+        train = torch.as_tensor(np.ascontiguousarray(data.train_amp)).to(device)
+        probe = torch.as_tensor(np.asarray(data.probe)).to(device)
+        self.module = PerBatchModule(gen, probe, train, settings, self.clipper, int(cfg.seed),
+                                     device)
+        algo = self.clipper.algorithm
+        self.clip_kwargs = ({"gradient_clip_val": self.clipper.value,
+                             "gradient_clip_algorithm": algo}
+                            if algo in ("norm", "value") else {})
+        self.timer = StepTimer(args.warmup, device)
+        self.trainer: L.Trainer | None = None
+
+    def make_trainer(self, callbacks=()) -> L.Trainer:
+        return L.Trainer(
+            accelerator="gpu" if self.device.type == "cuda" else "cpu", devices=1,
+            max_epochs=1, precision="32-true", logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+            deterministic=self.device.type == "cpu", default_root_dir=self.root,
+            callbacks=[self.timer, *callbacks], **self.clip_kwargs)
+
+    def round(self) -> tuple[float, None]:
+        self.trainer = self.make_trainer()
+        self.trainer.fit(self.module)
+        return self.timer.span.seconds(), None
+
+    def weights(self) -> dict:
+        return self.module.generator.state_dict()
+
+
 class Ours:
-    """The job's path: ``_Job.setup()`` then one ``trainer.fit`` epoch per round."""
+    """The job's path: ``Job.setup()`` then one ``trainer.fit`` epoch per round."""
 
     def __init__(self, args, cfg, data, init: dict, device: torch.device, root: Path):
         job_mod.load_data = lambda _cfg: data  # the one substitution
         root.mkdir(parents=True, exist_ok=True)
-        self.job = job_mod._Job(cfg, root, {}, "bench", [], PreemptionGuard())
+        self.job = job_mod.Job(cfg, root, {}, "bench", [], PreemptionGuard())
         self.job.setup()
         m = self.module = self.job.module
         m.generator.load_state_dict(init)
@@ -279,10 +428,10 @@ def count_flops(cfg, data, device: torch.device, batch: int) -> int:
 
 # --- driver ----------------------------------------------------------------------------------
 def dry_run_estimate(cfg) -> int | None:
-    """The dry run's training-memory estimate for this arm (sweep.plan.describe_config)."""
+    """The dry run's training-memory estimate for this arm (launch.estimate.describe_config)."""
     from omegaconf import OmegaConf
 
-    from ptychostab.sweep.plan import describe_config
+    from ptychostab.launch.estimate import describe_config
     try:
         info = describe_config(OmegaConf.to_container(cfg, resolve=True))
     except Exception as err:  # the figure is for comparison only
@@ -297,18 +446,22 @@ def peak_bytes(device: torch.device) -> int | None:
 
 
 def compare(weights: dict, reference: dict) -> float:
-    """max |W - W_ref| / max |W_ref| over all tensors."""
-    diff = max(float((a.double() - b.double()).abs().max())
+    """max |W - W_ref| / max |W_ref| over all tensors (complex ones by modulus: ``double()``
+    would drop their imaginary parts, i.e. half of every spectral weight)."""
+    wide = lambda t: t.to(torch.complex128) if t.is_complex() else t.double()  # noqa: E731
+    diff = max(float((wide(a) - wide(b)).abs().max())
                for a, b in zip(weights.values(), reference.values(), strict=True))
-    scale = max(float(b.double().abs().max()) for b in reference.values())
+    scale = max(float(wide(b).abs().max()) for b in reference.values())
     return diff / scale
 
 
 def build(impl: str, args, variant: tuple[int, str], data, init, device, root: Path):
     depth, clip = variant
-    cfg = variant_config(args, depth, clip, "ours" if impl == "bare" else impl)
+    cfg = variant_config(args, depth, clip, "ours" if impl in BASELINES else impl)
     if impl == "bare":
         return Bare(args, cfg, data, init, device)
+    if impl == "lightning":
+        return PerBatchLightning(args, cfg, data, init, device, root / f"{impl}-d{depth}-{clip}")
     return Ours(args, cfg, data, init, device, root / f"{impl}-d{depth}-{clip}")
 
 
@@ -400,15 +553,31 @@ def run_variant(args, variant, device: torch.device, root: Path) -> dict:
             row["weights_rel_diff_vs_bare"] = compare(final[impl], final["bare"])
         out["impls"][impl] = row
     bare = out["impls"].get("bare", {})
+    per_batch = out["impls"].get("lightning", {})
     for row in out["impls"].values():
         if "steps_per_s" in row and "steps_per_s" in bare:
             row["ratio"] = row["steps_per_s"] / bare["steps_per_s"]
+        if "steps_per_s" in row and "steps_per_s" in per_batch:
+            row["ratio_vs_lightning"] = row["steps_per_s"] / per_batch["steps_per_s"]
+    out["ratios"] = ratios(out["impls"])
+    out["ratios_best"] = ratios(out["impls"], "best_steps_per_s")
     return out
 
 
+def ratios(rows: dict, key: str = "steps_per_s") -> dict:
+    """The loop comparisons of issue 21: ``a/b`` = steps/s of ``a`` over those of ``b`` (the
+    median rounds; ``key="best_steps_per_s"``: the fastest round of each, the least disturbed
+    figure on a shared machine)."""
+    pairs = [("ours", "bare"), ("lightning", "bare"), ("ours", "lightning"),
+             ("graphs", "bare"), ("graphs", "lightning"), ("graphs", "ours")]
+    return {f"{a}/{b}": rows[a][key] / rows[b][key] for a, b in pairs
+            if key in rows.get(a, {}) and key in rows.get(b, {})}
+
+
 def table(results: list[dict], args) -> str:
-    head = (f"{'variant':<12} {'impl':<15} {'steps/s':>8} {'ms/step':>8} {'ours/bare':>9} "
-            f"{'peak MiB':>9} {'est MiB':>8} {'peak/est':>8} {'TFLOP/s':>8} "
+    head = (f"{'variant':<12} {'impl':<15} {'steps/s':>8} {'best':>8} {'ms/step':>8} "
+            f"{'x bare':>9} "
+            f"{'x lightning':>11} {'peak MiB':>9} {'est MiB':>8} {'peak/est':>8} {'TFLOP/s':>8} "
             f"{'epoch end ms':>12} {'max|dW| rel':>11}")
     lines = [head, "-" * len(head)]
     for res in results:
@@ -428,10 +597,25 @@ def table(results: list[dict], args) -> str:
             dw = row.get("weights_rel_diff_vs_bare")
             dw = "-" if dw is None or impl == "bare" else f"{dw:.1e}"
             ratio = f"{row['ratio']:.3f}" if "ratio" in row else "-"
+            vs_pb = f"{row['ratio_vs_lightning']:.3f}" if "ratio_vs_lightning" in row else "-"
             lines.append(f"{name:<12} {impl:<15} {row['steps_per_s']:8.1f} "
-                         f"{row['ms_per_step']:8.2f} {ratio:>9} {peak:>9} {est:>8} {frac:>8} "
+                         f"{row['best_steps_per_s']:8.1f} {row['ms_per_step']:8.2f} "
+                         f"{ratio:>9} {vs_pb:>11} {peak:>9} {est:>8} {frac:>8} "
                          f"{row['tflops']:8.3f} {end:>12} {dw:>11}")
+    lines += ratio_lines(results)
     return "\n".join(lines)
+
+
+def ratio_lines(results: list[dict]) -> list[str]:
+    """One line per variant: ours/bare, lightning/bare, ours/lightning (and graphs/...)."""
+    out = []
+    for res in results:
+        for key, what in (("ratios", "median rounds"), ("ratios_best", "best rounds")):
+            r = res.get(key) or {}
+            if r:
+                out.append(f"d{res['depth']} {res['clip']} steps/s ratios ({what}): "
+                           + ", ".join(f"{k} {v:.3f}" for k, v in r.items()))
+    return out
 
 
 def projection(results: list[dict]) -> list[str]:
@@ -607,7 +791,7 @@ def pack_main(args, device: torch.device, dev_name: str) -> int:
 
 def write_json(args, dev_name: str, results: list[dict]) -> None:
     if args.json:
-        meta = {"device": dev_name, "torch": torch.__version__,
+        meta = {"device": dev_name, "torch": torch.__version__, "lightning": L.__version__,
                 "args": {k: v for k, v in vars(args).items() if k != "variant_list"}}
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2,
                                               default=str))
@@ -629,8 +813,9 @@ def parse(argv=None):
     p.add_argument("--depth", type=int, nargs="+", default=None)
     p.add_argument("--clip", nargs="+", choices=sorted(CLIP_VALUES), default=None)
     p.add_argument("--impls", default=None,
-                   help="comma list of bare,ours,graphs,compile,compile_graphs "
-                        "(default bare,ours,graphs on CUDA, bare,ours on CPU)")
+                   help="comma list of bare,lightning,ours,graphs,compile,compile_graphs,"
+                        "ours_bare_sinks,ours_probe,ours_tracked (default "
+                        "bare,lightning,ours,graphs on CUDA, bare,lightning,ours on CPU)")
     p.add_argument("--steps", type=int, default=200, help="timed steps per round")
     p.add_argument("--warmup", type=int, default=30, help="untimed steps per round first")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds (after one warm-up)")
@@ -667,9 +852,10 @@ def parse(argv=None):
     args.variant_list = [(int(v.split(":")[0]), v.split(":")[1])
                          for v in args.variants.split(",")]
     if args.impls is None:
-        args.impls = "bare,ours,graphs" if args.device == "cuda" else "bare,ours"
+        args.impls = ("bare,lightning,ours,graphs" if args.device == "cuda"
+                      else "bare,lightning,ours")
     args.impls = [i.strip() for i in args.impls.split(",")]
-    bad = [i for i in args.impls if i != "bare" and i not in IMPL_FLAGS]
+    bad = [i for i in args.impls if i not in BASELINES and i not in IMPL_FLAGS]
     if bad:
         p.error(f"unknown --impls {bad}")
     args.interleave = (args.device == "cpu") if args.interleave == "auto" else \
@@ -696,7 +882,8 @@ def main(argv=None) -> int:
         torch.backends.cudnn.allow_tf32 = args.tf32
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} thread(s)"
-    print(f"device: {dev_name}; torch {torch.__version__}; python {platform.python_version()}; "
+    print(f"device: {dev_name}; torch {torch.__version__}; lightning {L.__version__}; "
+          f"python {platform.python_version()}; "
           f"data {args.data}; sizes {args.sizes}; batch {args.batch}; "
           f"{args.warmup}+{args.steps} steps/round x (1 + {args.repeats}) rounds; "
           f"tf32 {args.tf32 if device.type == 'cuda' else 'n/a'}; "
