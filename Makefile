@@ -55,13 +55,14 @@ define sweep
 	    $(ARGS) >> "$$log" 2>&1 < /dev/null & pid=$$!; \
 	  echo "launcher pid $$pid: composing and checking every job (log: $$log)"; \
 	  for i in $$(seq 600); do \
-	    if tail -n +$$from "$$log" | grep -qE 'Submitted [0-9]+ job|Skipping [0-9]+ run'; then break; fi; \
+	    if tail -n +$$from "$$log" | grep -qE 'Submitted [0-9]+ job|Skipping [0-9]+ run|Recognised [0-9]+ run'; then break; fi; \
 	    if ! kill -0 $$pid 2>/dev/null; then tail -n +$$from "$$log" | tail -25; \
 	      echo "the launcher stopped before submitting (see above)"; exit 1; fi; \
 	    sleep 0.5; \
 	  done; \
 	  echo "the launcher runs in the background (jobs submitted): safe to log out. Follow: tail -f $$log   queue: squeue --me"; \
-	  echo "resume after an interruption: make $(2) LAUNCHER=slurm (finished runs are skipped)"; \
+	  echo "resume after an interruption: make $(2) LAUNCHER=slurm (finished runs are skipped, jobs still queued or running are waited for)"; \
+	  echo "stop the launcher: kill $$pid (SIGTERM: it frees the sweep lock; the jobs go on)"; \
 	fi
 endef
 
@@ -89,7 +90,7 @@ slurm-up: ## start a single-node SLURM cluster with accounting here (root; idemp
 slurm-down: ## stop the daemons slurm-up started (and only those)
 	bash scripts/slurm_down.sh
 
-test-slurm: install slurm-up ## the SLURM tests (pytest -m slurm) against the local cluster (~4 min)
+test-slurm: install slurm-up ## the SLURM tests (pytest -m slurm) against the local cluster, chaos sweep included (~5 min)
 	$(PY) -m pytest -q -m slurm
 
 $(VENV)/.tracking: $(VENV)/.installed

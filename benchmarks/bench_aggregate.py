@@ -7,7 +7,8 @@ plus norm-clip arms up to ``--arms``, ``--seeds`` seeds per arm: 2 x 20 x 250 = 
 default. About 8% of runs fail (mixed kinds), 2% are planned but never run, 1% time out,
 0.1% have a truncated result.json. Records are written by the test factory
 (``tests/sweep/conftest.py``) with fsync disabled; generating them is not timed.
-Target (issue 6): ``aggregate(plots=False)`` <= 10 s, writing runs.csv, summary.csv, report.md.
+Target (issue 6): ``aggregate(plot_inputs=False)`` + ``write_outputs(plots=False)`` <= 10 s,
+writing runs.csv, summary.csv, report.md.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import numpy as np
 from ptychostab.analysis import collect as col
 from ptychostab.analysis import decide as dec
 from ptychostab.analysis import pipeline as agg
-from ptychostab.report import render as rep
+from ptychostab.analysis.summary import summarize
+from ptychostab.report.outputs import write_outputs
+from ptychostab.report.render import render
 from ptychostab.runs import records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +80,13 @@ def generate(root: Path, n_arms: int, n_seeds: int, seed: int = 0) -> int:
     return planned
 
 
+def aggregate_and_write(sweeps: list[Path], out: Path, rule) -> agg.StudyResult:
+    """The timed total: compute without plot inputs, write without plots."""
+    result = agg.aggregate(sweeps, rule=rule, plot_inputs=False)
+    write_outputs(result, out, plots=False)
+    return result
+
+
 def _timed(fn, *args, **kw):
     t0 = time.perf_counter()
     out = fn(*args, **kw)
@@ -100,23 +110,21 @@ def main() -> None:
         rule = dec.load_rule()
         totals = []
         for i in range(args.repeat):
-            t, result = _timed(agg.aggregate, sweeps, out_dir=root / "out", rule=rule,
-                               plots=False)
+            t, result = _timed(aggregate_and_write, sweeps, root / "out", rule)
             totals.append(t)
-            print(f"run {i + 1}: aggregate(plots=False) {t:.2f} s "
+            print(f"run {i + 1}: aggregate + write, no plots {t:.2f} s "
                   f"({len(result.runs)} runs, {len(result.summary)} arms, "
                   f"decision {result.decision.outcome})")
         t_col, c = _timed(col.collect, sweeps)
         runs = agg.tag_stages(c, rule)
-        t_sum, summary = _timed(agg.summarize, runs, c.arm_columns, c.metric_names, rule)
-        t_dec, decision = _timed(dec.decide, summary.to_dict("records"), rule)
-        t_rep, _ = _timed(rep.render, runs, summary, decision, [], rule, ["a", "b"],
-                          c.metric_names)
+        t_sum, (summary, roles) = _timed(summarize, runs, c.arm_columns, c.metric_names, rule)
+        t_dec, _ = _timed(dec.decide, summary.to_dict("records"), rule, resolved=roles)
+        t_rep, _ = _timed(render, result)
         t_hist, _ = _timed(lambda: [col.load_history(x) for x in runs["_path"]])
         print(f"breakdown: collect {t_col:.2f} s, summarize {t_sum:.2f} s, decide "
               f"{t_dec:.3f} s, report {t_rep:.2f} s")
         print(f"(plots only) reading all {len(runs)} histories: {t_hist:.2f} s")
-        print(f"TOTAL aggregate(plots=False): min {min(totals):.2f} s, median "
+        print(f"TOTAL aggregate + write, no plots: min {min(totals):.2f} s, median "
               f"{statistics.median(totals):.2f} s over {args.repeat} runs "
               f"(target <= 10 s; cpu count {os.cpu_count()}, load avg "
               f"{os.getloadavg()[0]:.1f})")

@@ -15,6 +15,16 @@ def _isolated_dataset_cache(tmp_path_factory, monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _isolated_calibration_cache(tmp_path_factory, monkeypatch):
+    """Every test its own dry-run calibration cache (``launch/calibrate.py``; outside the
+    test's ``tmp_path``), never the user's: a figure timed by one test never stands in
+    another's estimate."""
+    path = tmp_path_factory.mktemp("calibration") / "calibration.json"
+    monkeypatch.setenv("PTYCHOSTAB_CALIBRATION", str(path))
+    yield
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads():
     try:

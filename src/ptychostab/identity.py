@@ -12,9 +12,14 @@ hash is the first 10 hex digits of the SHA-1 of the *resolved* experiment-defini
 What enters the hash: the top-level nodes in :data:`IDENTITY_KEYS`, minus the run-only leaves
 in :data:`RUN_ONLY_LEAVES`. Everything else is run-only by construction: ``seed`` (a grid axis
 inside the arm), ``sweep`` (the folder above), ``strict``, ``retry`` (which endings a rerun
-trains again), ``pack`` (how many seeds share one job), ``paths``, ``plan``, ``cluster``
+trains again), ``pack`` (how many seeds share one job), ``outside_study`` (the sweep stays out
+of the decision), ``paths``, ``plan``, ``cluster``
 (launcher resources) and ``hydra``. tests/sweep/test_identity.py fails when a top-level key is
 added to the schema without being classified here.
+
+The stage a sweep belongs to (``A``, ``B``, ``clip`` or ""), by the decision rule's sweep names
+and depths, is named here too (:func:`stage_name`), so that a run's trackers can tag it without
+importing the analysis; :func:`ptychostab.analysis.rule.stage_of` applies it to a validated rule.
 """
 
 from __future__ import annotations
@@ -22,15 +27,26 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+import yaml
+
+from ptychostab.paths import DEFAULT_RULE
+
+
+def _is_dictconfig(obj: Any) -> bool:
+    """An OmegaConf ``DictConfig`` (omegaconf is imported only by who made one: the post-hoc
+    side, which imports this module for its key lists, stays free of it)."""
+    omegaconf = sys.modules.get("omegaconf")
+    return omegaconf is not None and isinstance(obj, omegaconf.DictConfig)
 
 HASH_DIGITS = 10
 IDENTITY_KEYS = ("data", "arch", "clip", "trainer", "failure", "depth")
-RUN_ONLY_TOP = ("seed", "sweep", "strict", "profile", "retry", "pack", "paths", "plan",
-                "cluster", "logger", "diagnostics")
+RUN_ONLY_TOP = ("seed", "sweep", "strict", "profile", "retry", "pack", "outside_study", "paths",
+                "plan", "cluster", "logger", "diagnostics")
 # Leaves that do not change what is learnt, only how fast or where it runs / what it is called.
 RUN_ONLY_LEAVES = (
     "data.name",  # a preset's label; the data are defined by the other data fields
@@ -53,7 +69,9 @@ _COVERED = {"arch": "arch", "arch.name": "arch", "clip": "clip", "clip.algorithm
 
 
 def _container(cfg: Any) -> dict:
-    if isinstance(cfg, DictConfig):
+    if _is_dictconfig(cfg):
+        from omegaconf import OmegaConf
+
         out = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     else:
         out = json.loads(json.dumps(cfg, default=str))
@@ -128,8 +146,10 @@ def arm_dict(cfg: Any, overrides: Sequence[str] = ()) -> dict:
             continue
         if key in RUN_ONLY_LEAVES:
             continue
-        leaf = OmegaConf.select(cfg, key, default=None) if isinstance(cfg, DictConfig) else None
-        if isinstance(leaf, DictConfig) or leaf is None:
+        leaf = (
+            sys.modules["omegaconf"].OmegaConf.select(cfg, key, default=None)
+            if _is_dictconfig(cfg) else None)
+        if _is_dictconfig(leaf) or leaf is None:
             arm[key] = value  # a group choice (data=tiny, arm=control) or a value not in cfg
         else:
             arm[key] = str(leaf.value) if isinstance(leaf, enum.Enum) else leaf
@@ -138,10 +158,66 @@ def arm_dict(cfg: Any, overrides: Sequence[str] = ()) -> dict:
 
 def run_dir(cfg: Any) -> Path:
     """``<output_root>/<sweep>/<arm_id>/seed=<seed>`` (absolute)."""
-    c = cfg if isinstance(cfg, Mapping) or isinstance(cfg, DictConfig) else _container(cfg)
+    c = cfg if isinstance(cfg, Mapping) or _is_dictconfig(cfg) else _container(cfg)
     root = Path(str(c["paths"]["output_root"])).expanduser()
     return (root / str(c["sweep"]) / arm_id(cfg) / f"seed={int(c['seed'])}").absolute()
 
 
 def sweep_dir(cfg: Any) -> Path:
     return (Path(str(cfg["paths"]["output_root"])).expanduser() / str(cfg["sweep"])).absolute()
+
+
+# --- the stage a sweep belongs to ------------------------------------------------------------
+CLIP_STAGE = "clip"  # the stage tag of the clip sweep's runs (in no stage of the decision rule)
+OUTSIDE_STAGE = "outside"  # the stage tag of sweeps declared outside the study (outside_study)
+
+
+def _norm(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        return "none" if text in ("", "null") else text
+
+
+def values_match(a: Any, b: Any) -> bool:
+    """Equal as numbers when both read as numbers, else as lower-case text (null = "none")."""
+    return _norm(a) == _norm(b)
+
+
+def stage_name(sweep: str | None, depth: Any, clip_contains: str | None,
+               stages: Mapping[str, tuple[str | None, Any]], *, outside: bool = False) -> str:
+    """``"outside"`` for a sweep declared outside the study (never in a stage), ``"clip"`` for
+    the clip sweep (name contains ``clip_contains``), a stage by sweep name (contains the
+    stage's text), else by depth; else ``""``. ``stages``: stage -> ``(sweep_contains,
+    depth)`` in the decision rule's order."""
+    if outside:
+        return OUTSIDE_STAGE
+    name = (sweep or "").lower()
+    if clip_contains and clip_contains.lower() in name:
+        return CLIP_STAGE
+    for stage, (contains, _) in stages.items():
+        if contains and contains.lower() in name:
+            return stage
+    for stage, (_, stage_depth) in stages.items():
+        if stage_depth is not None and values_match(depth, stage_depth):
+            return stage
+    return ""
+
+
+def stage_from_rule_file(sweep: str | None, depth: Any, rule_file: str | Path = DEFAULT_RULE,
+                         *, outside: bool = False) -> str:
+    """:func:`stage_name` by a decision-rule YAML file's ``clip_sweep`` and ``stages`` (read
+    as they are: a run names its stage without the analysis package that validates rules)."""
+    with open(rule_file, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    stages = {str(k): (v.get("sweep_contains"), v.get("depth"))
+              for k, v in data["stages"].items()}
+    return stage_name(sweep, depth, data["clip_sweep"].get("sweep_contains"), stages,
+                      outside=outside)

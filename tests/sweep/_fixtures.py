@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
+import types
 from pathlib import Path
 
 from ptychostab.config import REPO_ROOT
@@ -82,16 +84,21 @@ def write_run(run_dir: Path, *, status: str | None, epochs: int = 0, epoch_s: fl
 
 
 class FakeJob:
-    """A submitit job double: ``results()`` returns or raises its outcome; SLURM says
-    CANCELLED (what the launcher reads for a job that ended without a result)."""
+    """A submitit job double: ``results()`` returns or raises its outcome. An outcome that is a
+    result or a ``FailedJobError`` (the job's code raised) leaves a result file; an
+    ``UncompletedJobError`` (killed) leaves none, and the queue says ``state`` (CANCELLED)."""
 
-    def __init__(self, idx: int, outcome):
+    def __init__(self, idx: int, outcome, folder: Path, state: str = "CANCELLED by 0"):
+        from submitit.core.utils import FailedJobError, UncompletedJobError
+
         self.job_id = f"77_{idx}"
         self.outcome = outcome
-        self.watcher = self
-
-    def get_state(self, job_id, mode="standard"):
-        return "CANCELLED by 0"
+        self.killed = (isinstance(outcome, UncompletedJobError)
+                       and not isinstance(outcome, FailedJobError))
+        self.state = state if self.killed else "COMPLETED"
+        self.paths = types.SimpleNamespace(result_pickle=Path(folder) / f"{self.job_id}.pkl")
+        if not self.killed:
+            self.paths.result_pickle.write_bytes(b"")
 
     def results(self):
         if isinstance(self.outcome, Exception):
@@ -99,14 +106,33 @@ class FakeJob:
         return [self.outcome]
 
 
+class FakeQueue:
+    """The scheduler's answer for fake jobs (``queue_reader`` of :class:`FakeExecutor`)."""
+
+    result_wait_s = 0.0
+
+    def __init__(self):
+        self.jobs: list[FakeJob] = []
+
+    def read(self, tracked):
+        from ptychostab.launch.job_wait import Reading
+
+        return Reading(ok=True, states={j.job_id: j.state for j in self.jobs})
+
+
 class FakeExecutor:
     """A submitit executor double: records what was submitted; ``outcome(overrides)`` (a
-    callable, or a dict keyed by the overrides tuple) gives each job's outcome."""
+    callable, or a dict keyed by the overrides tuple) gives each job's outcome. Its
+    ``queue_reader`` answers for its jobs (the launcher takes it instead of squeue/sacct)."""
 
     def __init__(self, outcome):
         self.outcome = outcome if callable(outcome) else (lambda o: outcome[tuple(o)])
         self.submitted = []
+        self.queue_reader = FakeQueue()
+        self.folder = Path(tempfile.mkdtemp(prefix="fake-submitit-"))
 
     def map_array(self, fn, overrides, *rest):
         self.submitted = [list(o) for o in overrides]
-        return [FakeJob(i, self.outcome(o)) for i, o in enumerate(overrides)]
+        jobs = [FakeJob(i, self.outcome(o), self.folder) for i, o in enumerate(overrides)]
+        self.queue_reader.jobs = jobs
+        return jobs

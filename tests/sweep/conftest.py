@@ -51,6 +51,28 @@ def metrics_for(loss: float | None, phase_constant: bool = False) -> dict:
             "phase_truth_constant": phase_constant}
 
 
+def config_for(arm: dict, set_phi: bool = True, epochs: int = 50, **changes) -> dict:
+    """A manifest ``config`` that follows the study's declared protocol at the arm's depth
+    (conf/decision/default.yaml), with the arm's architecture and clipping; ``changes``
+    (dotted keys, ``"data.N": 32``) applied on top."""
+    depth = arm.get("depth")
+    cfg = {"depth": depth, "outside_study": False,
+           "data": {"name": "grid_lines_n64", "N": 64, "size": 392, "n_lines": 400,
+                    "nimgs_train": 2, "nimgs_test": 2, "nphotons": 1.0e9, "set_phi": set_phi},
+           "arch": {"name": arm["arch"], "fno_blocks": depth, "hidden_channels": 32},
+           "clip": {"algorithm": arm["clip"], "value": arm.get("clip_value")},
+           "trainer": {"max_epochs": epochs, "batch_size": 16, "lr": 1.0e-3,
+                       "optimizer": "adam", "scheduler": "none", "loss": "mae"},
+           "failure": {"grad_norm_bound": 1.0e6}}
+    for key, value in changes.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return cfg
+
+
 def history_rows(epochs: int, loss: float, explode_at: int | None = None) -> list[dict]:
     rows = []
     for e in range(epochs):
@@ -70,11 +92,14 @@ def write_run(sweep_dir: Path, arm: dict, seed: int, status: str = "ok", *,
               loss: float | None = 0.02, epochs: int = 50, fail_epoch: int | None = None,
               sweep: str | None = None, commit: str = "c0ffee0", dirty: bool = False,
               set_phi: bool = True, phase_constant: bool = False, manifest: bool = True,
-              result: bool = True, history: bool = True, recon: bool = False) -> Path:
+              result: bool = True, history: bool = True, recon: bool = False,
+              config: dict | None = None) -> Path:
     """Write ``<sweep_dir>/<arm_id>/seed=<seed>/`` records; return the run folder.
 
     ``status`` != ok needs ``fail_epoch`` for failure kinds (default: epoch 10). The failure
-    is at 0-based epoch ``fail_epoch``; the history then has ``fail_epoch + 1`` rows.
+    is at 0-based epoch ``fail_epoch``; the history then has ``fail_epoch + 1`` rows. The
+    manifest's config follows the study's declared protocol (:func:`config_for`); ``config``
+    changes it (``{"trainer.lr": 0.01}``, dotted keys).
     """
     sweep = sweep or Path(sweep_dir).name
     aid = arm_id_of(arm)
@@ -88,8 +113,7 @@ def write_run(sweep_dir: Path, arm: dict, seed: int, status: str = "ok", *,
         records.atomic_write_json(run / records.MANIFEST, {
             "schema_version": records.SCHEMA_VERSION, "sweep": sweep, "arm": dict(arm),
             "arm_id": aid, "seed": seed, "overrides": [f"arch={arm['arch']}", f"seed={seed}"],
-            "config": {"depth": arm.get("depth"), "data": {"set_phi": set_phi},
-                       "trainer": {"max_epochs": epochs}},
+            "config": config_for(arm, set_phi=set_phi, epochs=epochs, **(config or {})),
             "config_hash": "h" + aid, "git": {"commit": commit, "dirty": dirty},
             "versions": {}, "host": "test", "device": "cpu", "slurm": {},
             "start_time": "2026-01-01T00:00:00Z", "effective": {}})
@@ -168,4 +192,4 @@ def factory():
     return types.SimpleNamespace(
         write_run=write_run, write_plan=write_plan, write_arm=write_arm, arm_id_of=arm_id_of,
         at_depth=at_depth, CONTROL=CONTROL, ARCH_FIX=ARCH_FIX, OPT_FIX=OPT_FIX,
-        ROLE_ARMS=ROLE_ARMS)
+        ROLE_ARMS=ROLE_ARMS, config_for=config_for)

@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from ptychostab.analysis import stats
+from ptychostab.analysis.decide import DEFAULT_RULE, rule_from_dict
 from ptychostab.analysis.pipeline import aggregate
 from ptychostab.cli.aggregate import main
+from ptychostab.report.outputs import write_outputs
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROL_LOSSES = [0.020, 0.024, 0.021, 0.026, 0.022, 0.030]
@@ -42,7 +45,7 @@ def _arm(summary, stage, label):
 
 
 def test_summary_numbers(study):
-    r = aggregate(list(study), write=False, plots=False)
+    r = aggregate(list(study), plot_inputs=False)
     c = _arm(r.summary, "A", "hybrid")
     assert (c["n_planned"], c["n_done"], c["n_ok"], c["n_instability"]) == (9, 8, 6, 2)
     assert (c["n_nonfinite"], c["n_diverged"], c["n_missing"], c["n_unsettled"]) == (1, 1, 1, 1)
@@ -75,7 +78,7 @@ def test_summary_numbers(study):
 
 
 def test_runs_table_has_every_planned_run(study):
-    r = aggregate(list(study), write=False, plots=False)
+    r = aggregate(list(study), plot_inputs=False)
     assert len(r.runs) == 9 + 7 + 5 + 5 + 5
     missing = r.runs[r.runs["status"] == "missing"]
     assert len(missing) == 1 and missing.iloc[0]["seed"] == 8
@@ -85,13 +88,14 @@ def test_runs_table_has_every_planned_run(study):
 
 def test_writes_files_and_plots(study, tmp_path):
     out = tmp_path / "report"
-    r = aggregate([study[0]], out_dir=out)  # one sweep: plots are the slow part
-    names = sorted(p.relative_to(out).as_posix() for p in r.files)
+    r = aggregate([study[0]])  # one sweep: plots are the slow part
+    files = write_outputs(r, out)
+    names = sorted(p.relative_to(out).as_posix() for p in files)
     kinds = ("failure_rate", "grad_norm", "metrics", "recon", "survival", "val_loss")
     assert r.decision.outcome == "INCOMPLETE"
     assert names == sorted(["report.md", "runs.csv", "summary.csv",
                             *(f"plots/stage_a_{k}.png" for k in kinds)])
-    assert all(p.stat().st_size > 1000 for p in r.files if p.suffix == ".png")
+    assert all(p.stat().st_size > 1000 for p in files if p.suffix == ".png")
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 21 and "_path" not in runs.columns
     assert len(pd.read_csv(out / "summary.csv")) == 3
@@ -99,13 +103,15 @@ def test_writes_files_and_plots(study, tmp_path):
 
 
 def test_plots_skip_missing_reconstructions(tmp_path, factory):
-    from ptychostab.analysis.decide import load_rule
+    from ptychostab.analysis.plot_inputs import load_recon
     from ptychostab.report import plots
 
     factory.write_arm(tmp_path / "s", factory.CONTROL, [0.02, "nonfinite"])
-    (tmp_path / "s" / factory.arm_id_of(factory.CONTROL) / "seed=0" / "recon.npz").write_text("")
-    r = aggregate([tmp_path / "s"], write=False, plots=False)
-    assert plots.plot_recon(r.runs, r.summary, load_rule(), tmp_path / "x.png") is None
+    run = tmp_path / "s" / factory.arm_id_of(factory.CONTROL) / "seed=0"
+    (run / "recon.npz").write_text("")
+    r = aggregate([tmp_path / "s"])
+    assert load_recon(str(run)) is None and r.plot_inputs.recon == {}
+    assert plots.plot_recon(r.summary, r.plot_inputs.recon, tmp_path / "x.png") is None
     assert not (tmp_path / "x.png").exists()
 
 
@@ -137,10 +143,10 @@ def test_cli_errors(tmp_path, capsys):
 
 def test_empty_sweep_folder_does_not_crash(tmp_path):
     (tmp_path / "stage_a").mkdir()
-    r = aggregate([tmp_path / "stage_a"], plots=True)
+    r = aggregate([tmp_path / "stage_a"])
+    write_outputs(r, plots=True)
     assert r.runs.empty and r.decision.outcome == "INCOMPLETE"
-    assert "no runs found" in r.report
-    assert (tmp_path / "stage_a" / "report.md").exists()
+    assert "no runs found" in (tmp_path / "stage_a" / "report.md").read_text()
 
 
 def test_one_folder_with_both_depths_and_control_override(tmp_path, factory):
@@ -150,21 +156,28 @@ def test_one_folder_with_both_depths_and_control_override(tmp_path, factory):
                           ["nonfinite", 0.02, 0.02, 0.02])
         factory.write_arm(d, factory.at_depth(factory.ARCH_FIX, depth), [0.01, 0.01, 0.01])
         factory.write_arm(d, factory.at_depth(factory.OPT_FIX, depth), [0.03, 0.03, 0.03])
-    r = aggregate([d], write=False, plots=False)
+    point = rule_from_dict({**yaml.safe_load(DEFAULT_RULE.read_text()), "evidence": "point"})
+    r = aggregate([d], plot_inputs=False, rule=point)
     assert sorted(r.summary["stage"]) == ["A", "A", "A", "B", "B", "B"]
-    assert r.decision.outcome == "GOLD"
-    r = aggregate([d], write=False, plots=False, control="nothing_like_it")
+    assert r.decision.outcome == "GOLD"  # read as the strategy's point reading: 3 seeds
+    assert r.staged_by_depth == ["`depth_study` -> Stage A (depth 4)",
+                                 "`depth_study` -> Stage B (depth 8)"]
+    assert aggregate([d], plot_inputs=False).decision.outcome == "INCOMPLETE"  # at 95%
+    r = aggregate([d], plot_inputs=False, control="nothing_like_it")
     assert r.decision.outcome == "INCOMPLETE" and r.decision.to_run[0] == (
         "Stage A: no arm for role control (label or arm_id in nothing_like_it)")
     deep_id = factory.arm_id_of(factory.at_depth(factory.CONTROL, 8))
     agc_id = factory.arm_id_of(factory.OPT_FIX)
-    r = aggregate([d], write=False, plots=False, control=f"{agc_id}, {deep_id}")
+    r = aggregate([d], plot_inputs=False, control=f"{agc_id}, {deep_id}", rule=point)
     assert r.decision.roles["A"] == {"control": "hybrid+agc0.01", "arch_fix": "stable_hybrid"}
     assert r.decision.roles["B"]["control"] == "hybrid"  # the deep control, by arm_id
-    assert r.decision.outcome == "GOLD"  # GOLD does not depend on the opt fix's role
-    assert r.decision.notes[-1:] == [
-        "not needed for this outcome: Stage A: role opt_fix (arch=hybrid, clip=agc): arm "
-        "'hybrid+agc0.01' already plays control"]
+    # every role arm is compared across stages: a control clipped in Stage A only is not one
+    # control (issue 19)
+    assert r.decision.outcome == "INCOMPLETE"
+    assert any(m.startswith("control Stage A vs Stage B: clip.algorithm: \"agc\"")
+               for m in r.decision.mismatches)
+    assert "Stage A: role opt_fix (arch=hybrid, clip=agc): arm 'hybrid+agc0.01' already plays " \
+           "control" in r.decision.to_run
 
 
 def test_module_entry_point_and_no_training_imports(study, tmp_path):
@@ -179,3 +192,44 @@ def test_module_entry_point_and_no_training_imports(study, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ptychostab.cli.aggregate", "--help"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0 and "--require-complete" in proc.stdout
+
+
+def test_roles_are_resolved_once_per_aggregation(study, factory, monkeypatch):
+    from ptychostab.analysis import decide, roles
+
+    calls = []
+    real = roles.resolve
+    monkeypatch.setattr(roles, "resolve", lambda *a, **k: calls.append(a) or real(*a, **k))
+
+    def again(*a, **k):
+        raise AssertionError("decide() resolved the roles again")
+
+    monkeypatch.setattr(decide, "resolve_roles", again)
+    r = aggregate(list(study), plot_inputs=False)
+    assert len(calls) == 1
+    assert r.roles.stages["A"]["control"] == ("stage_a", factory.arm_id_of(factory.CONTROL))
+    assert r.roles.control_of("B", "stage_b") == (
+        "stage_b", factory.arm_id_of(factory.at_depth(factory.CONTROL, 8)))
+    monkeypatch.undo()
+    # the old call form (roles resolved inside decide) decides the same
+    assert decide.decide(r.summary.to_dict("records"), r.rule, None, r.protocols,
+                         runs=r.runs.to_dict("records")) == r.decision
+
+
+def test_report_reads_no_file():
+    """Figures and sections get their data from the analysis: report/ opens nothing."""
+    import ast
+
+    import ptychostab.report
+
+    readers = {"open", "read_text", "read_bytes", "read_csv", "read_json", "load", "loadtxt",
+               "load_history", "read_history", "load_recon", "load_activations", "collect"}
+    found = []
+    for path in Path(ptychostab.report.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+                if name in readers:
+                    found.append(f"{path.name}:{node.lineno} {name}()")
+    assert not found, found

@@ -102,7 +102,7 @@ def test_experiment_usage_line_composes_and_plans(tmp_path):
     """`python train.py -m +experiment=stage_a` up to the launch (the dry run of the same)."""
     from ptychostab.cli.plan import main
 
-    assert main(["+experiment=stage_a", f"paths.output_root={tmp_path}"]) == 0
+    assert main(["--no-calibrate", "+experiment=stage_a", f"paths.output_root={tmp_path}"]) == 0
     assert (tmp_path / "stage_a" / "plan.csv").exists()
 
 

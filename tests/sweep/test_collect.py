@@ -151,3 +151,38 @@ def test_grad_norm_block_and_dry_run_columns(tmp_path, factory):
     assert r0["trainer.lr"] == 0.001 and "trainer.lr" in c.arm_columns
     assert not {"status", "params_real", "est_minutes"} & set(c.arm_columns)
     assert r0["params_real"] == 1006 and r0["status"] == "ok"
+
+
+def test_the_same_run_in_two_folders_counts_once(tmp_path, factory):
+    """A copy of a sweep folder (same manifest sweep, arm id and seed): one row, a warning
+    naming both; different results: one row marked ``duplicate_conflict``."""
+    import shutil
+
+    d = tmp_path / "stage_a"
+    factory.write_arm(d, factory.CONTROL, [0.02, "nonfinite"])
+    shutil.copytree(d, tmp_path / "copy")
+    c = collect([d, tmp_path / "copy"])
+    assert len(c.runs) == 2 and c.runs["duplicate_conflict"].isna().all()
+    assert c.runs["duplicate_of"].tolist() == ["copy/340ca259f1/seed=0",
+                                               "copy/340ca259f1/seed=1"]
+    assert any("found 2 times (stage_a/340ca259f1/seed=0 and copy/340ca259f1/seed=0)" in p
+               and "counted once" in p for p in c.problems)
+    run = tmp_path / "copy" / factory.arm_id_of(factory.CONTROL) / "seed=0"
+    res = json.loads((run / records.RESULT).read_text())
+    res["metrics"]["best_val_loss"] = 0.03
+    (run / records.RESULT).write_text(json.dumps(res))
+    c = collect([d, tmp_path / "copy"])
+    conflict = c.runs.loc[c.runs["seed"] == 0, "duplicate_conflict"].iloc[0]
+    assert "found 2 times with different results" in conflict
+    # a planned copy without records gives way to the run with records, silently
+    e = tmp_path / "planned"
+    factory.write_plan(e, [(factory.CONTROL, 0)], sweep="stage_a")
+    c = collect([d, e])
+    assert len(c.runs) == 2 and (c.runs["status"] != "missing").all()
+
+
+def test_outside_study_is_read_from_the_manifest(tmp_path, factory):
+    d = tmp_path / "rerun"
+    factory.write_run(d, factory.CONTROL, 0, config={"outside_study": True})
+    factory.write_run(d, factory.CONTROL, 1)
+    assert collect([d]).runs["outside_study"].tolist() == [True, False]

@@ -100,7 +100,7 @@ def test_experiment_composes_every_job(name, tmp_path):
     if name not in ("stage_a", "stage_b", "clip_sweep"):
         return  # the demos and newer experiments: composing and planning every job is the test
     assert cfg.sweep == name
-    expected = {"stage_a": (3, 30, 4), "stage_b": (3, 30, 8), "clip_sweep": (6, 30, 4)}[name]
+    expected = {"stage_a": (3, 72, 4), "stage_b": (3, 72, 8), "clip_sweep": (6, 30, 4)}[name]
     assert (len(plan.arms), len(plan.jobs)) == expected[:2]
     assert {a.cfg["arch"]["fno_blocks"] for a in plan.arms.values()} == {expected[2]}
     assert not list(tmp_path.iterdir())  # planning writes nothing by itself
@@ -110,7 +110,7 @@ def test_experiment_contents():
     a = cfgmod.compose(["+experiment=stage_a"], return_hydra_config=True)
     assert (a.data.name, a.depth, a.trainer.max_epochs) == ("grid_lines_n64", 4, 50)
     assert a.hydra.sweeper.params.arm == "control,arch_fix,opt_fix"
-    assert a.hydra.sweeper.params.seed == "range(10)"
+    assert a.hydra.sweeper.params.seed == "range(24)"
     b = cfgmod.compose(["+experiment=stage_b"], return_hydra_config=True)
     assert (b.depth, b.arch.fno_blocks) == (8, 8)
     c = cfgmod.compose(["+experiment=clip_sweep"], return_hydra_config=True)

@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 
 from ptychostab.analysis import activation_drift as drift
+from ptychostab.report.drift_section import drift_section
+from ptychostab.report.figures import draw_drift
 
 COLUMNS = ["epoch", "block", "name", "level", "resolution", "channels", "out_mean",
            "out_abs_mean", "out_std", "update_mean", "update_abs_mean", "update_std",
@@ -78,9 +80,15 @@ def test_reading_numbers(tmp_path):
     assert s["D_end"] == 0.0 and s["update_abs_init"] == 0.0
 
 
+def _section(runs, report_dir, plots_dir) -> list[str]:
+    """Load, draw, write: the section as the aggregation and the report make it."""
+    data = drift.load_drift(runs)
+    return drift_section(data, draw_drift(data, plots_dir), report_dir=report_dir)
+
+
 def test_section_with_and_without_data(tmp_path):
     runs = _runs(tmp_path)
-    lines = drift.drift_section(runs, report_dir=tmp_path, plots_dir=tmp_path / "plots")
+    lines = _section(runs, report_dir=tmp_path, plots_dir=tmp_path / "plots")
     text = "\n".join(lines)
     assert "## Activation drift" in text
     assert (tmp_path / "plots/drift_epochs.png").stat().st_size > 0
@@ -92,14 +100,15 @@ def test_section_with_and_without_data(tmp_path):
     # no activations at all: a heading and a note, no plots
     for f in tmp_path.rglob("activations.csv"):
         f.unlink()
-    empty = "\n".join(drift.drift_section(runs, report_dir=tmp_path,
-                                          plots_dir=tmp_path / "plots2"))
+    empty = "\n".join(_section(runs, report_dir=tmp_path, plots_dir=tmp_path / "plots2"))
     assert "## Activation drift" in empty and "left out" in empty
     assert not (tmp_path / "plots2").exists()
 
 
 def test_the_aggregated_report_carries_the_section(tmp_path, factory):
     from ptychostab.analysis.pipeline import aggregate
+    from ptychostab.report.outputs import write_outputs
+    from ptychostab.report.render import render
 
     a = tmp_path / "stage_a"
     arms = [factory.CONTROL, factory.ARCH_FIX]
@@ -112,11 +121,13 @@ def test_the_aggregated_report_carries_the_section(tmp_path, factory):
         _write(a / factory.arm_id_of(factory.ARCH_FIX) / f"seed={s}", lambda e: 0.0,
                range(-1, 4), update=0.0)
     out = tmp_path / "report"
-    text = aggregate([a], out_dir=out).report
+    result = aggregate([a])
+    write_outputs(result, out)
+    text = (out / "report.md").read_text()
     assert "## Activation drift (the hypothesis)" in text
     assert "![drift_epochs](plots/drift_epochs.png)" in text
     assert (out / "plots" / "drift_depth.png").exists()
     assert "(stable_hybrid): D at the end +0" in text
     assert "not measurable (the control ran at one depth only)" in text
-    no_plots = aggregate([a], write=False, plots=False).report
+    no_plots = render(aggregate([a], plot_inputs=False))
     assert "## Activation drift" in no_plots and "![drift" not in no_plots

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from _fixtures import train
+from _fixtures import FakeExecutor, train
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
@@ -121,22 +121,12 @@ def test_sweep_mode_is_honoured_by_the_launcher_too(tmp_path, monkeypatch):
 
     done = JobReturn(overrides=["seed=0"], status=JobStatus.COMPLETED)
     done.return_value = "ok"
-
-    class Job:
-        job_id = "1"
-
-        def results(self):
-            return [done]
-
-    class _Exec:
-        def map_array(self, fn, overrides, *rest):
-            return [Job() for _ in overrides]
-
     monkeypatch.setitem(callbacks._STATE, "plan", None)
     launcher = PtychoLocalLauncher(submitit_folder=str(tmp_path / "s"))
     launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sw"),
                                                             "mode": 770}}})
-    monkeypatch.setattr(launcher, "_executor", lambda submitit: _Exec())
+    executor = FakeExecutor(lambda overrides: done)  # its job leaves a result: over at once
+    monkeypatch.setattr(launcher, "_executor", lambda submitit: executor)
     (ret,) = launcher.launch([["seed=0"]], initial_job_idx=0)
     assert ret.return_value == "ok"
     assert stat.S_IMODE((tmp_path / "sw").stat().st_mode) == 0o770

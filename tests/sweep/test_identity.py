@@ -32,7 +32,7 @@ def test_named_arm_and_its_groups_share_one_id():
 
 
 @pytest.mark.parametrize("override", [
-    "seed=7", "sweep=other", "strict=true", "retry=[oom,exception]",
+    "seed=7", "sweep=other", "strict=true", "retry=[oom,exception]", "outside_study=true",
     "paths.output_root=/elsewhere",
     "trainer.accelerator=cpu", "trainer.sync_every=7", "trainer.eval_batch_size=8",
     "trainer.compile=true", "trainer.tf32=false", "plan.max_memory_gb=5",

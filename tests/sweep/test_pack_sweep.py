@@ -290,11 +290,11 @@ def test_dry_run_shows_packs_and_refuses_packs_over_the_memory_budget(tmp_path, 
     assert pack.memory_gb == pytest.approx(3 * arm_gb + pack.dataset_gb)
     assert 0 < pack.dataset_gb < arm_gb
     limit = 2 * arm_gb  # one seed fits, three do not
-    assert main([*grid, "pack=3", f"plan.max_memory_gb={limit}"]) == 1
+    assert main(["--no-calibrate", *grid, "pack=3", f"plan.max_memory_gb={limit}"]) == 1
     out, err = capsys.readouterr()
     assert f"pack {pack.pack_id}: 3 seeds x" in err and f"{pack.memory_gb:.2f} GB" in err
     assert "packs (pack=3)" in out and "REFUSED" in out
-    assert main([*grid, "pack=1", f"plan.max_memory_gb={limit}"]) == 0  # unpacked: fits
+    assert main(["--no-calibrate", *grid, "pack=1", f"plan.max_memory_gb={limit}"]) == 0  # fits
     capsys.readouterr()
 
 

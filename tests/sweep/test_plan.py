@@ -114,7 +114,8 @@ def test_runtime_estimates(tmp_path):
 
 
 def test_cli_exit_codes_and_outputs(tmp_path, capsys):
-    assert cli.main([*GRID, f"paths.output_root={tmp_path}"]) == 0
+    # --no-calibrate: timing is tests/sweep/test_calibrate.py's (these arms take seconds a step)
+    assert cli.main(["--no-calibrate", *GRID, f"paths.output_root={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert "4 arm(s) x seeds = 12 run(s)" in out and (tmp_path / "default/plan.csv").exists()
     assert cli.main([*GRID, f"paths.output_root={tmp_path}", "plan.max_memory_gb=1e-6"]) == 1

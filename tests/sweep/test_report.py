@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ptychostab.analysis.caveats import MAX_LISTED, listing
 from ptychostab.analysis.pipeline import aggregate
-from ptychostab.report.render import MAX_LISTED, _listing
+from ptychostab.report.render import render
 from ptychostab.runs import records
 
 GOLDEN = Path(__file__).parent / "golden" / "report.md"
@@ -35,22 +36,29 @@ def small_study(root: Path, f) -> list[Path]:
 
 
 def test_golden_report(tmp_path, factory):
-    result = aggregate(small_study(tmp_path, factory), write=False, plots=False)
+    text = render(aggregate(small_study(tmp_path, factory), plot_inputs=False))
     if os.environ.get("PTYCHOSTAB_UPDATE_GOLDEN"):
-        GOLDEN.write_text(result.report)
+        GOLDEN.write_text(text)
         pytest.skip(f"golden report regenerated: {GOLDEN}")
-    assert result.report == GOLDEN.read_text()
+    assert text == GOLDEN.read_text()
 
 
 def test_golden_report_content_is_what_the_study_needs():
     text = GOLDEN.read_text()
     assert "## Decision: **INCOMPLETE**" in text
-    assert "unsettled runs left out): **SILVER or PIVOT**." in text
+    assert "unsettled runs left out; what has no data yet read either way): **SILVER or " \
+           "PIVOT**." in text
+    assert "Premise: **present**: the control failed (Stage A 1/4 (upper bound 0.644)" in text
     assert "- Stage B: no arm for role opt_fix (arch=hybrid, clip=agc)" in text
+    assert "- Stage A arch_fix: failure rate vs hybrid inconclusive (+0.25 [-0.418, +0.737]): " \
+           "about 26 seeds per arm would settle it" in text
     assert "settle 1 run(s) (seed=3 (corrupt))" in text
     assert "1 corrupt record(s): stage_a/hybrid+agc0.01/seed=3 (corrupt result.json" in text
     assert "| stable_hybrid | arch_fix | 4 | 3 | 0 | 0/3 = 0 [0, 0.5615] | 0 | 1 missing |" in text
-    assert "## Definitions" in text and "| yes | yes | yes | fail | fail | **PIVOT** |" in text
+    assert ("| Stage B | arch_fix | deep median best_val_loss | Stage A | +0.667 [+0.5, +0.857] "
+            "| **fail** |") in text
+    assert "## Definitions" in text
+    assert "| yes | yes | yes | present | fail | fail | **PIVOT** |" in text
 
 
 def test_warnings(tmp_path, factory):
@@ -60,7 +68,7 @@ def test_warnings(tmp_path, factory):
                       phase_constant=True)
     factory.write_arm(tmp_path / "clips", {**factory.CONTROL, "clip": "norm", "depth": 6,
                                            "label": "hybrid+norm1"}, [0.02])
-    w = aggregate([d, tmp_path / "clips"], write=False, plots=False).warnings
+    w = aggregate([d, tmp_path / "clips"], plot_inputs=False).warnings
     assert "arm(s) with fewer than 3 successful seeds: hybrid (2 ok, stage A), " \
            "hybrid+norm1 (1 ok, stage -)" in w
     assert "mixed git commits: aaaa (2 runs), bbbb (3 runs), c0ffee0 (1 runs)" in w
@@ -72,11 +80,11 @@ def test_warnings(tmp_path, factory):
 
 def test_set_phi_off_counts_as_vacuous(tmp_path, factory):
     factory.write_arm(tmp_path / "s", factory.CONTROL, [0.1, 0.1, 0.1], set_phi=False)
-    w = aggregate([tmp_path / "s"], write=False, plots=False).warnings
+    w = aggregate([tmp_path / "s"], plot_inputs=False).warnings
     assert any(x.startswith("3 run(s) with a constant ground-truth phase") for x in w)
 
 
 def test_listing_is_capped():
-    assert _listing(list("ab")) == "a, b"
-    long = _listing([str(i) for i in range(MAX_LISTED + 3)])
+    assert listing(list("ab")) == "a, b"
+    long = listing([str(i) for i in range(MAX_LISTED + 3)])
     assert long.endswith(f"{MAX_LISTED - 1}, ... and 3 more")

@@ -18,6 +18,7 @@ CHANGED = {
     "profile": "profile=reference",  # a route to knob values: its knobs decide the id
     "retry": "retry=[oom,exception]",
     "pack": "pack=4",
+    "outside_study": "outside_study=true",
     "paths": "paths.output_root=/elsewhere",
     "plan": "plan.max_memory_gb=5",
     "cluster": "cluster.partition=gpu",

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ from ptychostab.runs import records
 
 # What the local test cluster offers: no GPU, 2 CPUs, little memory.
 CLUSTER = ["launcher=slurm", "cluster.gpus_per_node=null", "cluster.cpus_per_task=1",
-           "cluster.mem_gb=null", "cluster.timeout_min=20", "cluster.signal_delay_s=30"]
+           "cluster.mem_gb=null", "cluster.timeout_min=20", "cluster.signal_delay_s=30",
+           "cluster.poll_interval_s=2"]
 
 
 def _launcher_params(overrides: list[str]) -> dict:
@@ -177,6 +179,18 @@ def _cancel_leftovers(sweep_dir: Path) -> None:
         subprocess.run(["scancel", *sorted(ids)], check=False)
 
 
+def _eligible_now(job: str, wait_s: float = 60) -> None:
+    """Once ``job`` is requeued (pending, reason BeginTime: SLURM's two-minute requeue delay),
+    make it eligible at once, as an admin may: the test then takes seconds, not minutes."""
+    def requeued() -> bool:
+        res = subprocess.run(["squeue", "--noheader", "--array", f"--jobs={job}",
+                              "--format=%T|%r"], capture_output=True, text=True)
+        return res.stdout.strip() == "PENDING|BeginTime"
+
+    if wait_for(requeued, wait_s, every=0.2):
+        subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=False)
+
+
 def _history_rows(run_dir: Path) -> int:
     return len(records.read_history(run_dir / records.HISTORY).data or [])
 
@@ -272,7 +286,9 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path):
                         300)
         (run,) = run_dirs(sweep_dir)
         assert _history_rows(run) < epochs, "the job finished before it could be interrupted"
-        subprocess.run(["scancel", "--signal=USR2", _slurm_job_id(run)], check=True)
+        job = _slurm_job_id(run)
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        _eligible_now(job)  # SLURM holds a requeued job back two minutes (BeginTime)
         out, _ = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
@@ -290,3 +306,45 @@ def test_requeued_job_resumes_from_its_checkpoint(tmp_path):
     assert len(segments) >= 2 and segments[-1]["resumed_from"]["epoch"] >= 1
     assert int(segments[-1]["slurm"]["SLURM_RESTART_COUNT"] or 0) >= 1
     assert "RESUME" in (run / "train.log").read_text()
+
+
+@pytest.mark.slurm
+@needs_cluster
+def test_a_rerun_while_the_jobs_are_queued_waits_for_them_and_submits_nothing_again(tmp_path):
+    """The launcher is stopped (SIGTERM) while its jobs run one at a time (one GPU each on the
+    one-GPU node): it exits at once, says what still runs and frees the sweep lock. The same
+    command run again recognises every unfinished run's job (submitted.json, squeue), submits
+    none of them again, waits for them as its own and exits 0 when all are ok; each run was
+    trained by the first launch's job, once."""
+    from ptychostab.launch import submitted
+
+    args = ["-m", *CLUSTER, "cluster.gpus_per_node=1", "seed=range(3)", *TINY,
+            "trainer.max_epochs=6", "failure.collapse_ssim=null", "failure.collapse_rel_std=null"]
+    sweep_dir = tmp_path / "default"
+    proc = train(args, tmp_path, wait=False)
+    try:
+        assert wait_for(lambda: any(_history_rows(d) >= 1 for d in run_dirs(sweep_dir)), 300)
+        first = submitted.read(sweep_dir)
+        assert len(first) == 3
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 10
+        assert proc.returncode == 143, out[-3000:]
+        assert "launcher stopped by SIGTERM" in out and "run the same command again" in out
+        rerun = train(args, tmp_path, timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        ids = {e["job_id"].split("_")[0] for e in submitted.read(sweep_dir).values()}
+        if ids:
+            subprocess.run(["scancel", *sorted(ids)], check=False)
+    assert rerun.returncode == 0, rerun.stdout[-4000:]
+    assert "Recognised" in rerun.stdout and "Submitted" not in rerun.stdout
+    assert submitted.read(sweep_dir) == first  # nothing submitted again
+    for run in run_dirs(sweep_dir):
+        result = json.loads((run / records.RESULT).read_text())
+        assert result["status"] == "ok", run
+        manifest = json.loads((run / records.MANIFEST).read_text())
+        assert len(manifest["segments"]) == 1  # trained once, by the first launch's job
+        assert _slurm_job_id(run) == first[f"{run.parent.name}/{run.name}"]["job_id"]

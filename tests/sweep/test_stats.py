@@ -148,3 +148,95 @@ def test_order_statistic_median_ci_coverage():
     assert (six.lo, six.hi) == (1.0, 6.0) and six.coverage == pytest.approx(1 - 2 / 64)
     ten = order_statistic_median_ci(range(10))
     assert (ten.lo, ten.hi) == (1.0, 8.0) and ten.coverage == pytest.approx(1 - 2 * 11 / 1024)
+
+
+# --- one-sided bounds of the decision's gates (issue 19) ---------------------------------------
+def test_wilson_one_sided_pins():
+    """0/10 is shown below the premise's 0.3 (upper 0.21); 0/5 is not (0.35)."""
+    assert stats.z_of(0.95) == pytest.approx(1.6448536269514722)
+    lo, hi = stats.wilson_bounds(0, 10, 0.95)
+    assert lo == 0.0 and round(hi, 2) == 0.21 and hi < 0.3
+    assert round(stats.wilson_bounds(0, 5, 0.95)[1], 2) == 0.35
+    assert stats.wilson_bounds(0, 5, 0.95)[1] > 0.3
+    # one-sided bounds at 0.95 are the two-sided 90% interval
+    assert stats.wilson_bounds(3, 10, 0.95) == stats.wilson_interval(3, 10, z=stats.z_of(0.95))
+
+
+@pytest.mark.parametrize("k,n", [(0, 1), (0, 10), (3, 10), (1, 30), (7, 24), (10, 10), (5, 7)])
+@pytest.mark.parametrize("level", [0.9, 0.95, 0.975])
+def test_wilson_bounds_equal_scipy(k, n, level):
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=2 * level - 1, method="wilson")
+    assert stats.wilson_bounds(k, n, level) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    cc = binomtest(k, n).proportion_ci(confidence_level=2 * level - 1, method="wilsoncc")
+    assert stats.wilson_cc_interval(k, n, stats.z_of(level)) == pytest.approx(
+        (cc.low, cc.high), abs=1e-12)
+
+
+# Newcombe (1998), Statistics in Medicine 17:873-890, Table II: 95% intervals for p1 - p2,
+# method 10 (score, no correction) and method 11 (continuity-corrected).
+NEWCOMBE_TABLE_II = [
+    ((56, 70, 48, 80), (0.0524, 0.3339), (0.0428, 0.3422)),
+    ((9, 10, 3, 10), (0.1705, 0.8090), (0.1013, 0.8387)),
+    ((6, 7, 2, 7), (0.0582, 0.8062), (-0.0290, 0.8423)),
+    ((5, 56, 0, 29), (-0.0381, 0.1926), (-0.0667, 0.2037)),
+    ((0, 10, 0, 20), (-0.1611, 0.2775), (-0.2005, 0.3445)),
+    ((0, 10, 0, 10), (-0.2775, 0.2775), (-0.3445, 0.3445)),
+    ((10, 10, 0, 20), (0.6791, 1.0), (0.6014, 1.0)),
+    ((10, 10, 0, 10), (0.6075, 1.0), (0.5128, 1.0)),
+]
+
+
+@pytest.mark.parametrize("counts,plain,corrected", NEWCOMBE_TABLE_II)
+def test_newcombe_reproduces_the_published_table(counts, plain, corrected):
+    k1, n1, k2, n2 = counts
+    est, lo, hi = stats.newcombe_difference(k1, n1, k2, n2, 0.975, correction=False)
+    assert est == pytest.approx(k1 / n1 - k2 / n2)
+    assert (round(lo, 4), round(hi, 4)) == plain
+    _, lo, hi = stats.newcombe_difference(k1, n1, k2, n2, 0.975)
+    assert (round(lo, 4), round(hi, 4)) == corrected
+
+
+def test_newcombe_is_vectorised_and_empty_is_nan():
+    k = np.arange(6)
+    d, lo, hi = stats.newcombe_difference(k[:, None], 5, k[None, :], 5, 0.95)
+    for i in range(6):
+        for j in range(6):
+            assert (d[i, j], lo[i, j], hi[i, j]) == pytest.approx(
+                stats.newcombe_difference(i, 5, j, 5, 0.95))
+    assert all(math.isnan(v) for v in stats.newcombe_difference(1, 0, 1, 3))
+
+
+def test_newcombe_agrees_with_fishers_exact_test_on_small_tables():
+    """The gate's "shown lower" (low bound > 0, one-sided 95%) against scipy's one-sided exact
+    test at 5%: the corrected interval is the conservative one, as the exact test is: it never
+    claims a difference Fisher's test does not, at the strategy's 5-10 seeds per arm."""
+    from scipy.stats import fisher_exact
+
+    disagree = []
+    for n in (5, 10):
+        for kc in range(n + 1):
+            for kf in range(kc):
+                shown = stats.newcombe_difference(kc, n, kf, n, 0.95)[1] > 0
+                p = fisher_exact([[kc, n - kc], [kf, n - kf]], alternative="greater").pvalue
+                if shown and p >= 0.05:
+                    disagree.append((kc, kf, n, p))
+    assert disagree == []
+    # the strategy's 3/10 against a perfect fix: inconclusive by both
+    assert stats.newcombe_difference(3, 10, 0, 10, 0.95)[1] < 0
+    assert fisher_exact([[3, 7], [0, 10]], alternative="greater").pvalue > 0.05
+
+
+def test_median_ratio_bounds_are_the_bootstrap_quantiles():
+    x, y = np.array([1.0, 1.2, 0.9, 1.1, 1.05]), np.array([2.0, 2.2, 1.9, 2.1])
+    est, lo, hi = stats.median_ratio_bounds(x, y, 0.95)
+    assert est == pytest.approx(np.median(x) / np.median(y))
+    bx, by = stats.bootstrap_medians(x, seed=0), stats.bootstrap_medians(y, seed=1)
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(bx / by, [5.0, 95.0])))
+    assert lo <= est <= hi
+    assert all(math.isnan(v) for v in stats.median_ratio_bounds([], y))
+    assert math.isnan(stats.median_ratio_bounds(x, [0.0, 0.0])[1])  # a zero reference
+    # the same sample against itself: the bounds straddle 1
+    _, lo, hi = stats.median_ratio_bounds(x, x, 0.95)
+    assert lo < 1.0 < hi

@@ -407,3 +407,44 @@ def test_status_follows_a_slurm_sweep(tmp_path):
     assert counts["live"]["done"] == counts["n_runs"] == 3
     assert all(r["slurm_job_id"] for a in doc["sweeps"][0]["arms"] for r in a["runs"])
     assert "queued" in seen
+
+
+def test_queued_runs_say_why_their_job_waits(sweep):
+    """``make status``: a pending job's squeue reason (held, resources, begin time, ...)."""
+    doc = doc_of(sweep)
+    arm_b = doc["sweeps"][0]["arms"][1]
+    runs = {r["seed"]: r for r in arm_b["runs"]}
+    assert runs[3]["slurm_reason"] == "BeginTime" and runs[2]["slurm_reason"] is None  # "None"
+    assert runs[7]["slurm_reason"] is None  # running: no reason
+    assert arm_b["counts"]["waiting"] == {"BeginTime": 1}
+    out = io.StringIO()
+    assert cli.main([str(sweep)], out=out, clock=lambda: NOW, query=fake_query) == 0
+    text = out.getvalue()
+    assert "queued 2 (waiting: BeginTime 1)" in text
+    assert "[SLURM 500_3 PENDING, waiting: BeginTime]" in text
+
+
+def test_a_cancelled_pending_task_still_in_saccts_pending_row_is_not_queued():
+    """scancel of pending task 5_2: squeue drops it, sacct still reads ``5_[1-3] PENDING``."""
+    q = slurm.make_queue("5_1|PENDING|Resources\n5_3|PENDING|JobHeldUser\n",
+                         "5_[1-3]|PENDING|0:0\n4_0|COMPLETED|0:0\n")
+    assert q.state("5_2") is None and q.state("5_1") == "PENDING"
+    assert q.state("4_0") == "COMPLETED"  # ended, no longer in squeue: sacct's word stands
+    assert q.reason("5_3") == "JobHeldUser" and q.reason("5_1") == "Resources"
+    assert slurm.parse_reasons("7_0|RUNNING|None\n7_1|PENDING|None\n") == {}
+
+
+def test_the_launchers_record_names_the_job_of_a_run_that_has_not_started(tmp_path):
+    from ptychostab.launch import submitted
+
+    sw = tmp_path / "s"
+    sw.mkdir()
+    with open(sw / "plan.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sweep", "arm_id", "arm_label", "seed", "overrides", "status"])
+        w.writerow(["s", "aaaa", "hybrid", 0, "arch=hybrid seed=0", "todo"])
+    submitted.record(sw, "s", [(sw / "aaaa" / "seed=0", sw / "aaaa" / "seed=0", "61_0")],
+                     backend="slurm")
+    q = slurm.make_queue("61_0|PENDING|Priority\n", None)
+    (run,) = st.read_sweep(sw, q, now=NOW).runs
+    assert (run.slurm_job_id, run.live, run.slurm_reason) == ("61_0", "queued", "Priority")

@@ -1,4 +1,4 @@
-"""The hypothesis in the report: activation drift per arm and stage, against epoch and depth.
+"""The hypothesis's numbers: activation drift per arm and stage, against epoch and depth.
 
 Reads each run's ``activations.csv`` (written by :mod:`ptychostab.diagnostics.drift`; columns
 ``epoch, block, name, level, resolution, channels, out_mean, ...``; epoch -1 = initialisation)
@@ -11,29 +11,28 @@ and nothing else of training. Definitions, stated in the report as well:
   epoch (failed = an instability status), against the same epochs of the runs of that arm and
   stage that survived (status ``ok``).
 
-Every number the reading quotes comes from :func:`reading_numbers`; a comparison the data cannot
-make is "not measurable", never a guess.
+Every number the report's reading quotes (:mod:`ptychostab.report.drift_section`) comes from
+:func:`reading_numbers`; :func:`load_drift` gathers what the section and its plots need into a
+:class:`DriftData`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ptychostab.report.tables import relative_path
 from ptychostab.runs import records
 from ptychostab.runs.records import ACTIVATIONS
 
 PRE_FAILURE_EPOCHS = 5
-ARCH_FIX_ROLE = "arch_fix"
-CONTROL_ROLE = "control"
-ROLES = ("control", "arch_fix", "opt_fix")
+NO_FOLDER = "<no folder"  # the run key of a planned run without a folder (no activations)
 
-__all__ = ["ACTIVATIONS", "PRE_FAILURE_EPOCHS", "drift_series", "drift_section",
-           "load_activations", "reading_numbers"]
+__all__ = ["ACTIVATIONS", "PRE_FAILURE_EPOCHS", "DriftData", "drift_runs", "drift_series",
+           "failure_epochs", "level_drift", "load_activations", "load_drift", "reading_numbers"]
 
 
 def load_activations(run_dirs: dict[str, Path]) -> pd.DataFrame:
@@ -122,9 +121,9 @@ def reading_numbers(runs: pd.DataFrame, acts: pd.DataFrame) -> dict:
         last_epoch = s.groupby("run")["epoch"].transform("max")
         u = upd[upd["run"].isin(have)]
         u_last = u.groupby("run")["epoch"].transform("max") if not u.empty else None
-        failed = {r: int(e) for r, st, e in _triples(g)
-                  if records.is_instability(st) and r in have and _finite(e)}
-        survived = [r for r, st, _ in _triples(g) if st == records.OK and r in have]
+        failed = {r: e for r, e in failure_epochs(g).items() if r in have}
+        survived = [r for r, st in zip(g["run"], g["status"], strict=True)
+                    if st == records.OK and r in have]
         pre_f, pre_s, n_f, n_s = _pre_failure(series, failed, survived)
         out[(stage, arm)] = {
             "role": g["role"].iloc[0], "depth": _first_finite(g["depth"]), "n_runs": len(have),
@@ -140,12 +139,13 @@ def reading_numbers(runs: pd.DataFrame, acts: pd.DataFrame) -> dict:
     return out
 
 
-def _triples(g: pd.DataFrame):
-    """``(run, status, failure_epoch)`` per run of a group."""
-    return zip(g["run"], g["status"], g["failure_epoch"], strict=True)
+def failure_epochs(g: pd.DataFrame) -> dict[str, int]:
+    """``run -> failure epoch`` of a group's instability failures with a known epoch."""
+    return {r: int(e) for r, st, e in zip(g["run"], g["status"], g["failure_epoch"], strict=True)
+            if records.is_instability(st) and finite_number(e)}
 
 
-def _finite(x) -> bool:
+def finite_number(x) -> bool:
     try:
         return math.isfinite(float(x))
     except (TypeError, ValueError):
@@ -154,181 +154,51 @@ def _finite(x) -> bool:
 
 def _first_finite(values):
     for v in values:
-        if _finite(v):
+        if finite_number(v):
             return int(float(v))
     return None
 
 
-def _f(x: float, signed: bool = True) -> str:
-    if not _finite(x):
-        return "not measurable"
-    return f"{x:+.3g}" if signed else f"{x:.3g}"
+# --- gathered for the report -----------------------------------------------------------------
+@dataclass
+class DriftData:
+    """What the drift section and its plots need: one row per run (``run`` key, ``run_dir``,
+    ``status``, ``failure_epoch``, ``stage``, ``arm`` label, ``role``, ``depth``), every run's
+    activation rows (``run`` column; empty: none recorded) and :func:`reading_numbers`."""
+
+    runs: pd.DataFrame
+    acts: pd.DataFrame
+    numbers: dict
 
 
-def reading_lines(numbers: dict) -> list[str]:
-    """The plain reading: numbers, not adjectives; "not measurable" where the data cannot say."""
-    lines: list[str] = []
-    controls = {k: v for k, v in numbers.items() if v["role"] == CONTROL_ROLE}
-    fixes = {k: v for k, v in numbers.items() if v["role"] == ARCH_FIX_ROLE}
-    by_depth = sorted(controls.values(), key=lambda v: v["depth"] or 0)
-    if len({v["depth"] for v in by_depth}) >= 2:
-        parts = [f"depth {v['depth']}: D at init {_f(v['D_init'])}, at the end {_f(v['D_end'])}"
-                 for v in by_depth]
-        lines.append("- Control, drift against depth (median over seeds): " + "; ".join(parts)
-                     + ".")
-    elif by_depth:
-        lines.append("- Control, drift against depth: not measurable (the control ran at one "
-                     "depth only).")
-    else:
-        lines.append("- Control: not measurable (no control run recorded activations).")
-    for (stage, _arm), v in controls.items():
-        grow = v["D_end"] - v["D_init"] if _finite(v["D_end"]) and _finite(v["D_init"]) else None
-        lines.append(f"- Control, stage {stage}, drift against epochs: D {_f(v['D_init'])} at "
-                     f"init -> {_f(v['D_end'])} at the last epoch (change "
-                     f"{_f(grow) if grow is not None else 'not measurable'}).")
-    for (stage, arm), v in numbers.items():
-        if v["n_failed_total"] == 0:
-            what = "not measurable (no instability failure)"
-        elif v["n_failed"] == 0:
-            what = "not measurable (the failed runs recorded no epoch before their failure)"
-        elif v["n_survived"] == 0:
-            what = (f"median D {_f(v['pre_fail'])} over the {PRE_FAILURE_EPOCHS} epochs before "
-                    f"failure ({v['n_failed']} failed runs); no surviving run to compare: "
-                    "not measurable")
-        else:
-            what = (f"median D {_f(v['pre_fail'])} in the {PRE_FAILURE_EPOCHS} epochs before "
-                    f"failure ({v['n_failed']} failed runs) vs {_f(v['pre_survived'])} in the "
-                    f"same epochs of {v['n_survived']} surviving runs")
-        lines.append(f"- Stage {stage}, {arm}: drift before failure: {what}.")
-    for (stage, arm), v in fixes.items():
-        ctrl = next((c for (s, _a), c in controls.items() if s == stage), None)
-        ctrl_txt = (f"; control {_f(ctrl['D_end'])}, mean |update| "
-                    f"{_f(ctrl['update_abs_end'], signed=False)}" if ctrl else
-                    "; no control in this stage to compare")
-        lines.append(f"- Stage {stage}, {arm} (stable_hybrid): D at the end {_f(v['D_end'])}, "
-                     f"mean |update| over blocks {_f(v['update_abs_init'], signed=False)} at "
-                     f"init -> {_f(v['update_abs_end'], signed=False)} at the end{ctrl_txt}.")
-    if not fixes:
-        lines.append("- stable_hybrid: not measurable (no arch-fix run recorded activations).")
-    return lines
+def drift_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs table's columns the drift numbers read, one row per run, with its ``run`` key
+    (the folder; ``<no folder i>`` for a planned run without one)."""
+    n = len(runs)
+
+    def col(name, default=None):
+        return runs[name].to_numpy() if name in runs else [default] * n
+
+    out = pd.DataFrame({"run_dir": col("_path"), "status": col("status"),
+                        "failure_epoch": col("failure_epoch"), "stage": col("stage", ""),
+                        "arm": col("arm_label"), "role": col("role", ""),
+                        "depth": col("depth")})
+    return with_run_keys(out)
 
 
-# --- plots ---------------------------------------------------------------------------------
-def _plot_trajectories(runs: pd.DataFrame, acts: pd.DataFrame, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lv = level_drift(acts)
-    groups = [(k, g) for k, g in runs.groupby(["stage", "arm"], sort=False)
-              if set(g["run"]) & set(lv["run"])]
-    if not groups:
-        return None
-    fig, axes = plt.subplots(len(groups), 2, figsize=(10, 2.8 * len(groups)), squeeze=False,
-                             constrained_layout=True)
-    for (stage, arm), g, row in ((k, g, axes[i]) for i, (k, g) in enumerate(groups)):
-        failed = {r: int(e) for r, st, e in _triples(g)
-                  if records.is_instability(st) and _finite(e)}
-        rest = [r for r in g["run"] if r not in failed]
-        for level, gl in lv[lv["run"].isin(rest)].groupby("level"):
-            piv = gl.pivot_table(index="epoch", columns="run", values="drift")
-            q = np.nanpercentile(piv.to_numpy(), [25, 50, 75], axis=1)
-            row[0].plot(piv.index, q[1], marker="o", ms=3, label=f"level {level}")
-            row[0].fill_between(piv.index, q[0], q[2], alpha=0.2)
-        for run, f_epoch in failed.items():
-            for level, gl in lv[lv["run"] == run].groupby("level"):
-                row[1].plot(gl["epoch"] - f_epoch, gl["drift"], lw=0.8, marker=".",
-                            color=f"C{int(level) % 10}", label=f"level {level}")
-        row[0].set_title(f"stage {stage}, {arm}: not failed (median, IQR)", fontsize=9)
-        row[1].set_title(f"stage {stage}, {arm}: failed runs, aligned on failure", fontsize=9)
-        row[0].set_xlabel("epoch (-1 = init)")
-        row[1].set_xlabel("epochs relative to the failure epoch")
-        for ax in row:
-            ax.axhline(0, color="0.6", lw=0.7)
-            ax.set_ylabel("last-block signed mean")
-            handles, labels = ax.get_legend_handles_labels()
-            uniq = dict(zip(labels, handles, strict=False))
-            if uniq:
-                ax.legend(uniq.values(), uniq.keys(), fontsize=7)
-            else:
-                ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _plot_depth(runs: pd.DataFrame, acts: pd.DataFrame, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if acts.empty:
-        return None
-    # one panel per arm across stages: the role when it has one (control at depth 4 and 8 are
-    # one arm of the study), else the arm's label
-    panel = runs["role"].where(runs["role"].isin(ROLES), runs["arm"])
-    arms = [a for a in dict.fromkeys(panel) if set(runs[panel == a]["run"]) & set(acts["run"])]
-    if not arms:
-        return None
-    fig, axes = plt.subplots(1, len(arms), figsize=(4.2 * len(arms), 3.2), squeeze=False,
-                             constrained_layout=True)
-    for ax, arm in zip(axes[0], arms, strict=False):
-        g = runs[panel == arm]
-        for i, (depth, gd) in enumerate(sorted(g.groupby("depth"), key=lambda t: t[0])):
-            a = acts[acts["run"].isin(gd["run"])]
-            if a.empty:
-                continue
-            last = a.groupby("run")["epoch"].transform("max")
-            for when, sel, style in (("init", a["epoch"] == -1, "--"), ("end", a["epoch"] == last,
-                                                                         "-")):
-                med = a[sel].groupby("block")["out_mean"].median()
-                if not med.empty:
-                    ax.plot(med.index, med.to_numpy(), style, marker="o", ms=3, color=f"C{i}",
-                            label=f"depth {int(depth)} {when}")
-        ax.axhline(0, color="0.6", lw=0.7)
-        ax.set_title(str(arm), fontsize=9)
-        ax.set_xlabel("block (execution order)")
-        ax.set_ylabel("signed mean (median over seeds)")
-        ax.legend(fontsize=7)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def drift_section(runs: pd.DataFrame, *, report_dir: Path, plots_dir: Path,
-                  plots: bool = True) -> list[str]:
-    """Markdown lines of the report's drift section (always a heading; a note without data).
-
-    ``runs``: one row per run with ``run_dir``, ``status``, ``failure_epoch``, ``stage``,
-    ``arm`` (the arm's label), ``role`` (control / arch_fix / opt_fix / other) and ``depth``.
-    """
-    lines = ["## Activation drift (the hypothesis)", ""]
+def with_run_keys(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` (with a ``run_dir`` column) plus the ``run`` key of each row."""
     runs = runs.copy()
     # a planned run with no folder has no path (NaN): it has no activations either
-    runs["run"] = [str(x) if isinstance(x, (str, Path)) and str(x) else f"<no folder {i}>"
+    runs["run"] = [str(x) if isinstance(x, (str, Path)) and str(x) else f"{NO_FOLDER} {i}>"
                    for i, x in enumerate(runs["run_dir"])]
-    acts = load_activations({r: Path(r) for r in runs["run"] if not r.startswith("<no folder")})
-    if acts.empty:
-        return lines + ["No run of these sweeps recorded `activations.csv` "
-                        "(`diagnostics.every_n_epochs=0`, or runs older than the probe): the "
-                        "drift sections are left out.", ""]
-    lines += [f"Drift D = the largest, over resolution levels, signed mean of the output of a "
-              f"level's last residual block, on the fixed probe batch (epoch -1 = "
-              f"initialisation). Before failure = the {PRE_FAILURE_EPOCHS} epochs before an "
-              "instability failure; survived = status ok.", ""]
-    if plots:
-        for name, fn in (("drift_epochs", _plot_trajectories), ("drift_depth", _plot_depth)):
-            try:
-                p = fn(runs, acts, plots_dir / f"{name}.png")
-            except Exception as err:  # a plot must never cost the report
-                lines.append(f"(plot {name} skipped: {type(err).__name__}: {err})")
-                continue
-            if p is not None:
-                lines.append(f"![{name}]({relative_path(str(p), report_dir)})")
-        lines.append("")
-    lines += ["Reading:", ""] + reading_lines(reading_numbers(runs, acts)) + [""]
-    return lines
+    return runs
+
+
+def load_drift(runs: pd.DataFrame) -> DriftData:
+    """Read the activations of ``runs`` (one row per run with ``run_dir``, ``status``,
+    ``failure_epoch``, ``stage``, ``arm``, ``role``, ``depth``: :func:`drift_runs` of the
+    runs table) and compute the reading's numbers."""
+    runs = runs if "run" in runs else with_run_keys(runs)
+    acts = load_activations({r: Path(r) for r in runs["run"] if not r.startswith(NO_FOLDER)})
+    return DriftData(runs, acts, reading_numbers(runs, acts))

@@ -1,20 +1,21 @@
 """The clip sweep's own reading (strategy section 2: "to confirm conclusions are not artifacts
 of aggressive clipping"): failure rate and median loss against the clip value, beside the
 unclipped Stage A control, and Kendall's tau-b between the clip value and each run's 0/1
-instability outcome (``scipy.stats.kendalltau``). It does not enter the outcome.
+instability outcome (``scipy.stats.kendalltau``). It does not enter the outcome. The numbers
+only: :mod:`ptychostab.report.clip_section` writes the section.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ptychostab.analysis import protocol
-from ptychostab.analysis.rule import CLIP, DecisionRule, fmt
-from ptychostab.report.rule_text import table
-from ptychostab.report.tables import os_interval, rate_cell
+from ptychostab.analysis.rule import CLIP
 from ptychostab.runs import records
 
 
@@ -51,64 +52,79 @@ def kendall(runs: pd.DataFrame) -> tuple[float, float, int]:
     return float(res.statistic), float(res.pvalue), int(x.size)
 
 
-def _within(value: float, values: list[float]) -> str:
-    vals = [v for v in values if math.isfinite(v)]
-    if not math.isfinite(value) or not vals:
-        return "cannot be said (no value)"
-    lo, hi = min(vals), max(vals)
-    inside = lo <= value <= hi
-    return (f"{fmt(value)} {'lies within' if inside else 'lies outside'} the clipped spread "
-            f"[{fmt(lo)}, {fmt(hi)}]")
+@dataclass
+class ClipNumbers:
+    """The clip sweep beside the Stage A control."""
+
+    arms: pd.DataFrame  # the clip sweep's summary rows, by clip value
+    control: pd.Series | None  # the Stage A control's summary row
+    tau: float  # Kendall's tau-b, clip value vs 0/1 instability (NaN: not defined)
+    p_value: float
+    n_finished: int  # the finished runs (ok + instability) behind tau
+    #: (arm label, differences from the control's protocol but ``clip.*``; depth included),
+    #: for the arms whose protocol and the control's are known
+    protocol_diffs: list[tuple[str, list[tuple[str, Any, Any]]]] = field(default_factory=list)
+    #: why the control is not compared with the clipped arms ([]: it is)
+    not_compared: list[str] = field(default_factory=list)
+    #: the clipped arms' spread: the union of their 95% intervals (failure rate: Wilson; median
+    #: of the metric: bootstrap), (low, high); NaN when no arm has one
+    rate_spread: tuple[float, float] = (math.nan, math.nan)
+    median_spread: tuple[float, float] = (math.nan, math.nan)
+
+    @property
+    def compared(self) -> bool:
+        return self.control is not None and not self.not_compared
 
 
-def clip_section(runs: pd.DataFrame, summary: pd.DataFrame, rule: DecisionRule,
-                 protocols: dict, plot: str | None = None) -> list[str]:
-    """The report's "Clip sweep" section ([] when no clip sweep was aggregated)."""
+def spread_of(lows, highs) -> tuple[float, float]:
+    """``(min of the finite lows, max of the finite highs)``: the union of intervals."""
+    lo = [float(v) for v in lows if _finite(v)]
+    hi = [float(v) for v in highs if _finite(v)]
+    return (min(lo) if lo else math.nan, max(hi) if hi else math.nan)
+
+
+def within(value: float, spread: tuple[float, float]) -> bool | None:
+    """Whether ``value`` lies in the spread, edges included (None: cannot be said)."""
+    lo, hi = spread
+    if not (_finite(value) and _finite(lo) and _finite(hi)):
+        return None
+    eps = 1e-12 * max(1.0, abs(lo), abs(hi))
+    return lo - eps <= value <= hi + eps
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def clip_numbers(runs: pd.DataFrame, summary: pd.DataFrame, protocols: dict,
+                 metric: str = "best_val_loss") -> ClipNumbers | None:
+    """The clip sweep's numbers; None when no clip sweep was aggregated. The Stage A control
+    is compared only when it and every clipped arm share a protocol but ``clip.*`` (depth
+    included)."""
     arms = clip_arms(summary)
     if arms.empty:
-        return []
-    m = rule.metric
+        return None
     ctrl = stage_a_control(summary)
-    rows = [[fmt(r.get("clip_value")), r["n_planned"], r["n_ok"], rate_cell(r),
-             r["n_unsettled"], fmt(r.get(f"{m}_median", math.nan)),
-             os_interval(r, m, rule.median_ci_level)] for _, r in arms.iterrows()]
-    if ctrl is not None:
-        rows.append([f"none (Stage A control {ctrl['arm_label']})", ctrl["n_planned"],
-                     ctrl["n_ok"], rate_cell(ctrl), ctrl["n_unsettled"],
-                     fmt(ctrl.get(f"{m}_median", math.nan)),
-                     os_interval(ctrl, m, rule.median_ci_level)])
-    lines = ["## Clip sweep (control sensitivity to global norm clipping)", "",
-             "Not part of the GOLD/SILVER/PIVOT rule: it checks whether Stage A's reading is an "
-             "artefact of aggressive clipping.", ""]
-    lines += table(["clip value", "Planned", "OK", "Failure rate [95% Wilson]", "Unsettled",
-                    f"median {m}", "median interval"], rows) + [""]
-    rates = [float(r["failure_rate"]) for _, r in arms.iterrows()]
-    meds = [float(r.get(f"{m}_median", math.nan)) for _, r in arms.iterrows()]
+    diffs, why = [], []
     if ctrl is None:
-        lines.append("- No Stage A control aggregated beside it: nothing to compare with.")
+        why.append("no Stage A control aggregated beside it")
     else:
-        rate = _within(float(ctrl["failure_rate"]), rates)
-        lines.append(f"- Stage A control failure rate: {rate}.")
-        lines.append(f"- Stage A control median {m}: "
-                     f"{_within(float(ctrl.get(f'{m}_median', math.nan)), meds)}.")
+        pa = protocol.as_arm_protocol(protocols.get(
+            (str(ctrl["stage"]), str(ctrl["sweep"]), str(ctrl["arm_id"])))).protocol
+        if pa is None:
+            why.append("the Stage A control's protocol is unknown (no readable manifest)")
         for _, r in arms.iterrows():
-            pa = protocols.get((str(ctrl["stage"]), str(ctrl["sweep"]), str(ctrl["arm_id"])))
-            pb = protocols.get((str(r["stage"]), str(r["sweep"]), str(r["arm_id"])))
-            if pa is not None and pb is not None:
-                diffs = protocol.differences(pa, pb, protocol.DEPTH_KEYS, ("clip.",))
-                if diffs:
-                    lines.append(f"- Protocol differs from the Stage A control "
-                                 f"({r['arm_label']}): " + protocol.describe(
-                                     diffs, str(ctrl["arm_label"]), str(r["arm_label"])))
+            pb = protocol.as_arm_protocol(protocols.get(
+                (str(r["stage"]), str(r["sweep"]), str(r["arm_id"])))).protocol
+            if pb is None:
+                why.append(f"the protocol of {r['arm_label']} is unknown (no readable manifest)")
+            elif pa is not None:
+                found = protocol.differences(pa, pb, (), ("clip.",))
+                if found:
+                    diffs.append((str(r["arm_label"]), found))
+        why += [f"{label} differs from the Stage A control in "
+                + ", ".join(k for k, _, _ in found) for label, found in diffs]
     tau, p, n = kendall(runs)
-    if math.isfinite(tau):
-        trend = "trends" if p < 0.05 else "shows no significant trend"
-        lines.append(f"- Failure rate vs clip value: Kendall's tau-b = {tau:+.3f}, p = {p:.3g} "
-                     f"over {n} finished runs: the instability outcome {trend} with the clip "
-                     "value (at the 5% level).")
-    else:
-        lines.append(f"- Failure rate vs clip value: Kendall's tau-b not defined over {n} "
-                     "finished runs (no variation in the clip value or in the outcome).")
-    if plot:
-        lines += ["", f"![{plot}]({plot})"]
-    return lines + [""]
+    rates = spread_of(arms.get("failure_rate_lo", []), arms.get("failure_rate_hi", []))
+    medians = spread_of(arms.get(f"{metric}_ci_lo", []), arms.get(f"{metric}_ci_hi", []))
+    return ClipNumbers(arms, ctrl, tau, p, n, diffs, why, rates, medians)

@@ -71,8 +71,8 @@ RUN_COLUMNS = (
 )
 TAIL_COLUMNS = (
     "params_real", "params_numel", "peak_memory_bytes", "pack_size", "pack_id",
-    "git_commit", "git_dirty", "set_phi", "phase_truth_constant", "overrides",
-    "run_dir", "source", "log",
+    "git_commit", "git_dirty", "set_phi", "phase_truth_constant", "outside_study", "overrides",
+    "run_dir", "source", "log", "duplicate_of", "duplicate_conflict",
 )
 
 
@@ -172,6 +172,7 @@ def _from_manifest(row: dict, man: dict) -> None:
     row["git_commit"] = git.get("commit")
     row["git_dirty"] = git.get("dirty")
     row["set_phi"] = _dig(man, "config", "data", "set_phi")
+    row["outside_study"] = _dig(man, "config", "outside_study") is True
     row["_protocol"] = protocol_of(man.get("config"))
     depth = _dig(man, "config", "depth")
     if depth is None:
@@ -299,6 +300,8 @@ def collect(sweep_dirs: list[str | os.PathLike]) -> Collected:
         r, p = collect_sweep(d)
         rows += r
         problems += p
+    rows, found_twice = deduplicate(rows)
+    problems += found_twice
     arm_fields = _arm_fields_by_arm(rows)
     metric_names = _names(rows, "_metrics", KNOWN_METRICS)
     grad_names = _names(rows, "_grad", KNOWN_GRAD)
@@ -341,6 +344,64 @@ def collect(sweep_dirs: list[str | os.PathLike]) -> Collected:
     runs = pd.DataFrame(table, columns=columns)
     return Collected(runs=runs, arm_columns=arm_columns, metric_names=metric_names,
                      problems=problems)
+
+
+def _where(row: dict) -> str:
+    return f"{row.get('source')}/{row.get('run_dir')}"
+
+
+def _has_records(row: dict) -> bool:
+    return row.get("_path") is not None and (row["status"] != "missing" or bool(row["started"]))
+
+
+def _same_result(a: dict, b: dict) -> bool:
+    """Same status and the same metrics (NaN equal to NaN)."""
+    if a["status"] != b["status"]:
+        return False
+    ma, mb = a.get("_metrics", {}), b.get("_metrics", {})
+    if set(ma) != set(mb):
+        return False
+    return all((math.isnan(ma[k]) and math.isnan(mb[k])) or math.isclose(ma[k], mb[k],
+                                                                        rel_tol=1e-12)
+               for k in ma)
+
+
+def deduplicate(rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """One row per (sweep, arm_id, seed), the sweep as the manifest names it: the same run found
+    in two folders (a folder passed twice, a copied sweep) counts once. When every copy with
+    records agrees on status and metrics the first is kept and a warning names both; when they
+    differ the first is kept with ``duplicate_conflict`` naming them (the decision is then
+    INCOMPLETE). Copies without
+    records (planned only, never started) give way to one with records.
+
+    Returns
+    -------
+    (rows, warnings)
+    """
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["sweep"], row["arm_id"], row["seed"]), []).append(row)
+    out, warnings = [], []
+    for (_, arm_id, seed), group in groups.items():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        real = [r for r in group if _has_records(r)]
+        keep = (real or group)[0]
+        out.append(keep)
+        where = " and ".join(_where(r) for r in real)
+        if len(real) < 2:
+            continue
+        keep["duplicate_of"] = "; ".join(_where(r) for r in real[1:])
+        if all(_same_result(real[0], r) for r in real[1:]):
+            warnings.append(f"run {arm_id} seed={seed} found {len(real)} times ({where}) with "
+                            "the same result: counted once")
+        else:
+            what = ", ".join(f"{_where(r)}: {r['status']}" for r in real)
+            keep["duplicate_conflict"] = f"found {len(real)} times with different results ({what})"
+            warnings.append(f"run {arm_id} seed={seed} found {len(real)} times with different "
+                            f"results ({what}): the decision cannot use it (INCOMPLETE)")
+    return out, warnings
 
 
 def _arm_column(key: str, reserved: set[str]) -> str | None:

@@ -1,27 +1,25 @@
 """Do compared arms share a protocol? The arm identity (what ``arm_id`` hashes) key by key.
 
 An arm's protocol is its manifest's resolved ``config`` restricted to the identity keys, run-only
-leaves removed, flattened to dotted keys (``trainer.lr``). The key lists mirror
-:mod:`ptychostab.identity` (``IDENTITY_KEYS``, ``RUN_ONLY_LEAVES``; a test keeps them
-equal): the aggregator does not import Hydra, which that module needs.
+leaves removed, flattened to dotted keys (``trainer.lr``). The key lists are
+:mod:`ptychostab.identity`'s (``IDENTITY_KEYS``, ``RUN_ONLY_LEAVES``), which imports no Hydra.
 
 Allowed to differ between compared arms: :data:`ALLOWED_WITHIN_STAGE`; across stages also
-:data:`DEPTH_KEYS`; the clip sweep against the Stage A control also ``clip.*``.
+:data:`DEPTH_KEYS`; the clip sweep against the Stage A control only ``clip.*``. Every manifest
+of an arm is read (:class:`ArmProtocol`: seeds under different protocols, runs with records but
+no manifest), and each stage is held to the protocol its rule file declares
+(:func:`against_declared`).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterable
 
+from ptychostab.identity import IDENTITY_KEYS, RUN_ONLY_LEAVES  # noqa: F401  (re-exported)
 from ptychostab.runs.records import flatten
 
-IDENTITY_KEYS = ("data", "arch", "clip", "trainer", "failure", "depth")
-RUN_ONLY_LEAVES = (
-    "data.name", "trainer.accelerator", "trainer.sync_every", "trainer.eval_batch_size",
-    "trainer.max_data_on_device_gb", "trainer.compile", "trainer.cuda_graphs", "trainer.tf32",
-    "trainer.progress", "trainer.log_every_n_steps",
-)
 # ``seed``, ``pack`` (seeds per job) and the other run-only top-level keys are outside
 # IDENTITY_KEYS, so they never enter a protocol.
 ALLOWED_WITHIN_STAGE = ("arch.name", "clip.algorithm", "clip.value", "seed")
@@ -63,3 +61,75 @@ def describe(diffs: list[tuple[str, Any, Any]], left: str, right: str) -> str:
     """``trainer.lr: 0.001 (control) vs 0.01 (fix)``; ``; ``-joined."""
     return "; ".join(f"{k}: {json.dumps(va, default=str)} ({left}) vs "
                      f"{json.dumps(vb, default=str)} ({right})" for k, va, vb in diffs)
+
+
+# --- an arm's protocol over its seeds --------------------------------------------------------
+@dataclass(frozen=True)
+class ArmProtocol:
+    """The protocol of one arm, read from every manifest of its runs.
+
+    ``protocol``: the protocol of its runs (the first seed's when they differ); ``variants``:
+    when the seeds ran under more than one protocol, each distinct protocol with its seeds;
+    ``no_manifest``: seeds with records (a result or a history) but no readable manifest: their
+    protocol cannot be checked. An arm whose runs never started has neither.
+    """
+
+    protocol: dict[str, Any] | None = None
+    variants: tuple[tuple[tuple[int, ...], dict[str, Any]], ...] = ()
+    no_manifest: tuple[int, ...] = ()
+    unknown: bool = False  # nothing says which runs lack a manifest (a bare ``None``)
+
+    @property
+    def untestable(self) -> bool:
+        return bool(self.no_manifest) or self.unknown
+
+
+def arm_protocol(entries: Iterable[tuple[int, dict[str, Any] | None, bool]]) -> ArmProtocol:
+    """:class:`ArmProtocol` of an arm from ``(seed, protocol or None, has records)`` per run
+    (``has records``: the run left a result or a history, i.e. it started)."""
+    variants: list[tuple[list[int], dict[str, Any]]] = []
+    no_manifest = []
+    for seed, proto, has_records in sorted(entries, key=lambda e: e[0]):
+        if proto is None:
+            if has_records:
+                no_manifest.append(int(seed))
+            continue
+        for seeds, known in variants:
+            if not differences(known, proto):
+                seeds.append(int(seed))
+                break
+        else:
+            variants.append(([int(seed)], proto))
+    first = variants[0][1] if variants else None
+    return ArmProtocol(first, tuple((tuple(s), p) for s, p in variants) if len(variants) > 1
+                       else (), tuple(no_manifest))
+
+
+def as_arm_protocol(value: Any) -> ArmProtocol:
+    """An :class:`ArmProtocol` from what a caller gives per arm: itself, a flattened protocol
+    (dict), or None (no readable manifest: untestable)."""
+    if isinstance(value, ArmProtocol):
+        return value
+    if isinstance(value, dict):
+        return ArmProtocol(value)
+    return ArmProtocol(None, unknown=True)
+
+
+def depth_of(proto: dict[str, Any]) -> Any:
+    """The depth of a flattened protocol (``depth``, else ``arch.fno_blocks``)."""
+    return proto.get("depth", proto.get("arch.fno_blocks"))
+
+
+def against_declared(proto: dict[str, Any], depth: int,
+                     declared: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``[(key, value in the run, declared value)]`` where a run's protocol departs from a
+    stage's declared one (its depth and each declared key)."""
+    out = []
+    have = depth_of(proto)
+    if not _same(have if have is not None else MISSING, depth):
+        out.append(("depth", have if have is not None else MISSING, depth))
+    for key, want in declared.items():
+        value = proto.get(key, MISSING)
+        if not _same(value, want):
+            out.append((key, value, want))
+    return out

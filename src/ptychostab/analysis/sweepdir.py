@@ -20,6 +20,7 @@ Hydra.
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ PLAN_CSV = "plan.csv"
 PACKS_JSON = "packs.json"
 #: submitit's job folders (pickles, logs) inside a sweep folder.
 SUBMITIT_DIR = ".submitit"
+#: Which job of which launch trains each run folder (:mod:`ptychostab.launch.submitted`).
+SUBMITTED_JSON = "submitted.json"
 #: The sweep lock (one launch of a sweep at a time).
 SWEEP_LOCK = ".sweep.lock"
 SEED_PREFIX = "seed="
@@ -124,3 +127,29 @@ def read_plan(sweep_dir: str | os.PathLike) -> tuple[list[dict] | None, str | No
             continue
         out.append(row)
     return out, None
+
+
+def run_key(sweep_dir: str | os.PathLike, run_dir: str | os.PathLike) -> str:
+    """A run folder relative to its sweep folder (``<arm_id>/seed=<k>``), the key of
+    ``submitted.json``; the absolute path when it lies elsewhere."""
+    try:
+        return Path(run_dir).absolute().relative_to(Path(sweep_dir).absolute()).as_posix()
+    except ValueError:
+        return Path(run_dir).absolute().as_posix()
+
+
+def read_submitted(sweep_dir: str | os.PathLike) -> dict[str, dict]:
+    """``submitted.json``'s runs: ``{run key: entry}``; empty when absent or unreadable."""
+    try:
+        data = json.loads((Path(sweep_dir) / SUBMITTED_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    runs = data.get("runs") if isinstance(data, dict) else None
+    return {str(k): v for k, v in (runs or {}).items() if isinstance(v, dict)} if isinstance(
+        runs, dict) else {}
+
+
+def submitted_job_ids(sweep_dir: str | os.PathLike) -> dict[str, str]:
+    """``{run key: SLURM job id}`` of ``submitted.json``'s SLURM entries."""
+    return {k: str(v["job_id"]) for k, v in read_submitted(sweep_dir).items()
+            if v.get("backend") == "slurm" and v.get("job_id")}

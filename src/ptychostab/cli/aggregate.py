@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ptychostab.analysis import decide as dec
 from ptychostab.analysis import pipeline as agg
+from ptychostab.report.outputs import write_outputs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _print_summary(result: agg.Aggregate) -> None:
+def _print_summary(result: agg.StudyResult) -> None:
     s = result.summary
     for _, r in s.iterrows():
         stage = f"stage {r['stage']}" if r["stage"] else "no stage"
@@ -49,7 +50,9 @@ def _print_summary(result: agg.Aggregate) -> None:
     d = result.decision
     print(f"decision: {d.outcome} - {d.because}")
     if d.provisional:
-        print(f"  provisional: {d.provisional}")
+        print(f"  provisional ({d.provisional_basis}): {d.provisional}")
+    if d.premise:
+        print(f"  premise: {d.premise}: {d.premise_text}")
     for m in d.to_run:
         print(f"  to run: {m}")
     for w in result.warnings:
@@ -76,14 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: decision rule {args.rule}: {err}", file=sys.stderr)
         return 2
     try:
-        result = agg.aggregate(args.sweeps, out_dir=args.out, rule=rule, control=args.control,
-                               plots=not args.no_plots, require_complete=args.require_complete)
+        result = agg.aggregate(args.sweeps, rule=rule, control=args.control,
+                               require_complete=args.require_complete,
+                               plot_inputs=not args.no_plots)
     except agg.IncompleteSweepError as err:
         print(f"error: --require-complete: {err}; nothing written", file=sys.stderr)
         return 2
+    files = write_outputs(result, args.out, plots=not args.no_plots)
     print(f"{len(result.runs)} runs in {len(result.summary)} arms")
     _print_summary(result)
-    for f in result.files:
+    for f in files:
         print(f"wrote {f}")
     return 0
 

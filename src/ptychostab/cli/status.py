@@ -29,7 +29,8 @@ JSON schema ``ptychostab.status/1`` (keys are stable; new keys may be added)::
     COUNTS = {"n_runs": int,
               "by_status": {every status of records.ALL_STATUSES: int},
               "by_family": {"ok", "instability", "other final", "not final": int},
-              "live": {"done", "running", "queued", "dead", "not started", "stopped": int}}
+              "live": {"done", "running", "queued", "dead", "not started", "stopped": int},
+              "waiting": {reason: int} (queued runs by why their job waits, squeue's reason)}
     ETA = {"eta_s": float|null, "work_s": float, "runs_left": int,
            "runs_without_estimate": int, "parallelism": int, "per_run_s": float|null,
            "assumption": str}
@@ -38,10 +39,13 @@ JSON schema ``ptychostab.status/1`` (keys are stable; new keys may be added)::
            "global_step", "epoch_s", "steps_per_s", "eta_s" (running only),
            "lock": null | {"fresh", "stale_reason", "pid", "host", "slurm_job_id", "pack_id",
                            "start_time", "heartbeat_time"},
-           "slurm_job_id": str|null, "slurm_state": str|null}
+           "slurm_job_id": str|null, "slurm_state": str|null,
+           "slurm_reason": str|null (queued: why its job waits, e.g. Resources, JobHeldUser)}
 
 ``status``/``family`` are the records' word (as the aggregator's), ``live`` is the moment's;
-both counts sum to ``n_runs``. Times are seconds; unknown values are null.
+both counts sum to ``n_runs``. A queued run's job that waits for a reason (held, resources,
+priority, dependency) says why: ``slurm_reason``, and the text view's ``queued N (waiting:
+Resources 3, JobHeldUser 1)``. Times are seconds; unknown values are null.
 """
 
 from __future__ import annotations
@@ -152,8 +156,13 @@ def _families(counts: dict, runs: list[dict]) -> str:
 
 
 def _live(counts: dict) -> str:
-    return "now: " + " · ".join(f"{k} {n}" for k, n in counts["live"].items() if n) \
-        if counts["n_runs"] else "now: no runs"
+    """``now: done 3 · queued 4 (Resources 3, JobHeldUser 1) · running 1``."""
+    if not counts["n_runs"]:
+        return "now: no runs"
+    why = ", ".join(f"{r} {n}" for r, n in (counts.get("waiting") or {}).items())
+    return "now: " + " · ".join(f"{k} {n}" + (f" (waiting: {why})" if k == "queued" and why
+                                               else "")
+                                for k, n in counts["live"].items() if n)
 
 
 def _run_line(r: dict) -> str:
@@ -166,7 +175,8 @@ def _run_line(r: dict) -> str:
     else:
         text += f" {r['status']}" + (f" ({r['problem'][:80]})" if r["problem"] else "")
     if r["slurm_job_id"]:
-        text += f"  [SLURM {r['slurm_job_id']} {r['slurm_state'] or '?'}]"
+        why = f", waiting: {r['slurm_reason']}" if r.get("slurm_reason") else ""
+        text += f"  [SLURM {r['slurm_job_id']} {r['slurm_state'] or '?'}{why}]"
     elif r["lock"] and r["live"] == "running":
         text += f"  [pid {r['lock']['pid']} on {r['lock']['host']}]"
     return text

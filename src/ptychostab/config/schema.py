@@ -184,6 +184,11 @@ class ClusterConfig:
     array_parallelism: int = 32
     setup: List[str] = field(default_factory=list)  # shell lines before srun (module load ...)
     additional_parameters: Dict[str, Any] = field(default_factory=dict)  # any other #SBATCH
+    # the launcher's wait (hydra_plugins.ptychostab_launcher; ptychostab.launch.job_wait): one
+    # squeue + sacct call for every job each poll; a job unknown to both for the grace period
+    # (failed calls do not count) is over: missing if it never started, else preempted
+    poll_interval_s: float = 30.0
+    lost_job_grace_s: float = 300.0
 
 
 @dataclass
@@ -245,6 +250,9 @@ class TrainConfig:
     # preflight groups the unfinished seeds of each arm into packs of up to `pack` (packs.json).
     # 1: one run per job (unpacked). Run-only: not part of the arm id.
     pack: int = 1
+    # True: this sweep is outside the study's decision (a reproduction, a probe): the aggregator
+    # lists it apart and never puts it in a stage (conf/decision/*.yaml). Run-only.
+    outside_study: bool = False
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     arch: ArchConfig = field(default_factory=ArchConfig)

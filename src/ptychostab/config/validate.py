@@ -254,6 +254,8 @@ def _check_plan_cluster(c: _Checker) -> None:
     c.integer("cluster.signal_delay_s", 0)
     c.integer("cluster.max_num_timeout", 0)
     c.integer("cluster.array_parallelism", 1)
+    c.number("cluster.poll_interval_s", low=0, low_open=True)
+    c.number("cluster.lost_job_grace_s", low=0)
     tmin, delay = c.get("cluster.timeout_min"), c.get("cluster.signal_delay_s")
     if _int(tmin) and _int(delay) and tmin * 60 <= delay:
         c.add(f"cluster.timeout_min={tmin} must exceed cluster.signal_delay_s={delay} s: the "

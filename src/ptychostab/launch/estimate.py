@@ -3,17 +3,25 @@
 :func:`describe_arm` asks ``ptychostab.models.describe`` for the parameter count and the
 training-memory estimate (from the config, no allocation) and refuses an arm that cannot be
 built or exceeds ``plan.max_memory_gb``. :func:`estimate_times` sets each arm's epoch time,
-first that applies:
+first that applies, and labels it (``epoch_s_source``; ``epoch_s_detail`` says more):
 
 1. measured: median epoch duration (differences of ``wall_s`` in ``history.csv``) of the arm's
-   runs already in the sweep folder;
-2. scaled: another arm of the sweep was measured; scale its epoch time by the ratio of the
-   training-memory estimates (the networks here are bandwidth-bound convolutions/FFTs);
-3. model: ``steps * (plan.step_overhead_s + memory_bytes / (plan.gb_per_s * 1e9))`` with
+   runs already in the sweep folder ("measured, K epochs of this sweep's runs");
+2. calibrated: a few real training steps of the arm timed on the device its jobs use, scaled
+   to an epoch (:mod:`.calibrate`; read from the calibration cache: only the dry run times
+   them, the sweep preflight reads the cache). A SLURM sweep (``launcher=slurm``) uses only
+   figures calibrated inside a SLURM job on its ``cluster.partition``, never this machine's;
+3. scaled: another arm of the sweep was measured (else: calibrated); scale its epoch time by
+   the ratio of the training-memory estimates (the networks here are bandwidth-bound
+   convolutions/FFTs);
+4. model: ``steps * (plan.step_overhead_s + memory_bytes / (plan.gb_per_s * 1e9))`` with
    ``steps = ceil(n_train / batch_size) + ceil(n_test / eval_batch_size) / 3`` (an evaluation
-   step costs about a third of a training step). A crude guess; 1 and 2 replace it.
+   step costs about a third of a training step). A crude guess, the same for every device;
+   1-3 replace it.
 
 A run's minutes = remaining epochs (``max_epochs`` - epochs in its history) x epoch time.
+:func:`time_notes` says, for the dry-run text, which arms' figures are not calibrated for the
+device the jobs run on, and how to calibrate them.
 """
 
 from __future__ import annotations
@@ -93,23 +101,62 @@ def model_epoch_s(arm: PlannedArm, settings: Mapping[str, Any]) -> float | None:
     return steps * step_s
 
 
-def estimate_times(plan: Plan) -> None:
-    measured: dict[str, float] = {}
+def measured_arms(plan: Plan) -> dict[str, tuple[float, int]]:
+    """``{arm_id: (median epoch seconds, epochs)}`` of the arms with measured epochs."""
+    out: dict[str, tuple[float, int]] = {}
     for arm_id in plan.arms:
         durations = [d for j in plan.jobs if j.arm_id == arm_id
                      for d in history_epochs(j.run_dir)]
         if durations:
-            measured[arm_id] = statistics.median(durations)
-    refs = [(plan.arms[a].memory_gb, s) for a, s in measured.items() if plan.arms[a].memory_gb]
+            out[arm_id] = (statistics.median(durations), len(durations))
+    return out
+
+
+#: The labels of an epoch time, in order of precedence.
+SOURCES = ("measured", "calibrated", "scaled", "model")
+
+
+def estimate_times(plan: Plan) -> None:
+    """Set every arm's epoch time (first of :data:`SOURCES` that applies) and every job's
+    minutes; reads the calibration cache, never times anything."""
+    from ptychostab.launch import calibrate
+
+    measured = measured_arms(plan)
+    cache: dict = {}
+    if plan.arms:
+        try:
+            cache = calibrate.read_cache(calibrate.cache_path(next(iter(plan.arms.values())).cfg))
+        except (KeyError, TypeError):
+            cache = {}
+    calibrated: dict[str, dict] = {}
+    for arm in plan.arms.values():
+        if arm.arm_id not in measured:
+            entry = calibrate.lookup(cache, arm.cfg, remote=plan.remote)
+            if entry is not None:
+                calibrated[arm.arm_id] = entry
+    refs, ref_kind = [(plan.arms[a].memory_gb, s) for a, (s, _) in measured.items()
+                      if plan.arms[a].memory_gb], "measured"
+    if not refs:
+        refs, ref_kind = [(plan.arms[a].memory_gb, e["epoch_s"]) for a, e in calibrated.items()
+                          if plan.arms[a].memory_gb], "calibrated"
     for arm in plan.arms.values():
         if arm.arm_id in measured:
-            arm.epoch_s, arm.epoch_s_source = measured[arm.arm_id], "measured"
+            arm.epoch_s, n = measured[arm.arm_id]
+            arm.epoch_s_source = "measured"
+            arm.epoch_s_detail = f"measured, {n} epoch(s) of this sweep's runs"
+        elif arm.arm_id in calibrated:
+            entry = calibrated[arm.arm_id]
+            arm.epoch_s, arm.epoch_s_source = float(entry["epoch_s"]), "calibrated"
+            arm.epoch_s_detail = calibrate.entry_label(entry)
         elif refs and arm.memory_gb:
             arm.epoch_s = statistics.median(s * arm.memory_gb / m for m, s in refs)
             arm.epoch_s_source = "scaled"
+            arm.epoch_s_detail = f"scaled from {ref_kind} arms by training memory"
         else:
             arm.epoch_s = model_epoch_s(arm, plan.settings)
             arm.epoch_s_source = "model" if arm.epoch_s is not None else None
+            arm.epoch_s_detail = ("model: fixed step overhead + memory / bandwidth, not this "
+                                  "device's" if arm.epoch_s is not None else None)
     for job in plan.jobs:
         arm = plan.arms[job.arm_id]
         if job.status != TODO:
@@ -117,6 +164,37 @@ def estimate_times(plan: Plan) -> None:
         elif arm.epoch_s is not None:
             left = max(int(arm.cfg["trainer"]["max_epochs"]) - job.epochs_done, 0)
             job.est_minutes = left * arm.epoch_s / 60
+
+
+def time_notes(plan: Plan) -> list[str]:
+    """Lines for the dry-run text: which arms with runs to do have no measured or calibrated
+    figure for the device their jobs use, and how to get one."""
+    from ptychostab.launch import calibrate
+
+    todo = {j.arm_id for j in plan.jobs if j.status == TODO}
+    loose = [a for a in plan.arms.values() if a.arm_id in todo and not a.refused
+             and a.epoch_s_source not in ("measured", "calibrated")]
+    if not loose:
+        return []
+    cfg = loose[0].cfg
+    try:
+        path = calibrate.cache_path(cfg)
+    except (KeyError, TypeError):
+        return []
+    if plan.remote:
+        partition = (cfg.get("cluster") or {}).get("partition")
+        where = (f"SLURM partition {partition!r}" if partition else
+                 "the SLURM partition (cluster.partition is not set: set it, or no "
+                 "calibration can be matched to this sweep)")
+        return [f"time: not calibrated for {where} (launcher=slurm: the jobs run there; "
+                f"nothing timed on this machine stands for it) for {len(loose)} arm(s). "
+                f"Run this dry run with --calibrate as a tiny job there, e.g. `srun -p "
+                f"{partition or '<partition>'} --gres=gpu:1 -t 15 python -m "
+                f"ptychostab.cli.plan --calibrate <these overrides>`: it fills {path}"]
+    return [f"time: {len(loose)} arm(s) with no calibration on this machine's device "
+            f"(their figure is scaled or model): the dry run `python -m ptychostab.cli.plan "
+            f"<these overrides>` times them, within --calibrate-budget S (default "
+            f"{calibrate.DEFAULT_BUDGET_S:g} s for the study); cache {path}"]
 
 
 def device_problem(cfg: Mapping[str, Any]) -> str | None:

@@ -69,11 +69,15 @@ def status_for_state(state: str) -> str:
 
 
 def record_killed(plan: "Plan | None", overrides: Sequence[str], *, state: str,
-                  job_id: str, message: str = "") -> str:
+                  job_id: str, message: str = "", scheduler: str = "SLURM") -> str:
     """Record a job the scheduler ended without a result; returns the status it now has.
 
     A job that never started (no manifest.json) is left alone: it is ``missing`` (plan.csv
-    lists it). A final result (the job finished just before the kill) is never overwritten.
+    lists it; no result.json is written). A final result (the job finished just before the
+    kill) is never overwritten. A started job gets its status from ``state``
+    (:func:`classify_state`: ``preempted`` for CANCELLED, UNKNOWN and a job lost to the
+    scheduler, ``timeout``, ``infra``). ``scheduler`` names the job in the message
+    (``SLURM``, ``submitit_local``).
     """
     job = plan.job_for(overrides) if plan is not None else None
     if job is None:
@@ -90,7 +94,7 @@ def record_killed(plan: "Plan | None", overrides: Sequence[str], *, state: str,
                       "rerun; raise cluster.mem_gb)",
             "node": "lost with its node (retried by a rerun)"}.get(cause or "", "")
     write_result(run_dir, {"sweep": plan.sweep, "seed": job.seed}, status,
-                  f"SLURM job {job_id} ended in state {state} without a result"
+                  f"{scheduler} job {job_id} ended in state {state} without a result"
                   f"{': ' + what if what else ''}. {first}".strip(),
                   cause=cause, recorded_by="launcher", slurm_state=state, slurm_job_id=job_id)
     return status

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from ptychostab import config as cfgmod
 from ptychostab import identity
 from ptychostab.analysis.sweepdir import PLAN_CSV
-from ptychostab.launch.estimate import describe_arm, device_problem, estimate_times
+from ptychostab.launch.estimate import describe_arm, device_problem, estimate_times, time_notes
 from ptychostab.launch.grid import (  # noqa: F401  (DONE/FAILED/TODO: the plan's API)
     DONE,
     FAILED,
@@ -71,7 +71,8 @@ class PlannedArm:
     describe_note: str | None = None  # why there is no parameter count
     refused: str | None = None
     epoch_s: float | None = None
-    epoch_s_source: str | None = None  # measured | scaled | model
+    epoch_s_source: str | None = None  # measured | calibrated | scaled | model
+    epoch_s_detail: str | None = None  # e.g. "calibrated on <device>, N steps, <date>"
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Plan:
     arms: "OrderedDict[str, PlannedArm]"
     settings: dict  # the `plan` node
     pack_size: int = 1  # the `pack` key (seeds per job)
+    remote: bool = False  # jobs run elsewhere (launcher=slurm): no local time figure is theirs
     packs: list[Pack] = field(default_factory=list)  # packs of >= 2 seeds (pack_size > 1)
 
     def pack_of(self, overrides: Sequence[str]) -> Pack | None:
@@ -194,7 +196,8 @@ def build(master: DictConfig, config_loader: Any, *, describe: bool = True) -> P
             arm.refused = arm.refused or device_problem(arm.cfg)
     plan.packs = group_packs(plan.jobs, plan.pack_size)
     size_packs(plan)
-    estimate_times(plan)
+    plan.remote = not here
+    estimate_times(plan)  # reads the calibration cache; never times
     return plan
 
 
@@ -294,8 +297,8 @@ def format_plan(plan: Plan) -> str:
         size = (f"params {_fmt_int(arm.params_real)} real ({_fmt_int(arm.params_numel)} numel), "
                 f"memory ~{arm.memory_gb:.2f} GB" if arm.memory_gb is not None
                 else f"params {_fmt_int(arm.params_real)}; {arm.describe_note or 'no estimate'}")
-        epoch = (f"{arm.epoch_s:.1f} s/epoch ({arm.epoch_s_source})" if arm.epoch_s is not None
-                 else "time: no estimate")
+        epoch = (f"{arm.epoch_s:.1f} s/epoch ({arm.epoch_s_detail or arm.epoch_s_source})"
+                 if arm.epoch_s is not None else "time: no estimate")
         todo_min = sum(j.est_minutes or 0 for j in jobs if j.status == TODO)
         lines.append(f"{arm.arm_id}  {_fields_text(arm.fields)}")
         profile = arm.cfg.get("profile", "default")
@@ -317,7 +320,26 @@ def format_plan(plan: Plan) -> str:
               + (f" ({unknown} without estimate)" if unknown else "")
               + (f", ~{_fmt_min(total / min(par, max(len(todo), 1)))} wall at {par} in parallel"
                  if par > 1 and todo else "")]
+    lines += time_notes(plan)
+    lines += power_lines(plan)
     return "\n".join(lines)
+
+
+def power_lines(plan: Plan) -> list[str]:
+    """What the decision's gates can settle at this sweep's seeds per arm (the fewest of any
+    arm), by the study's rule (:func:`ptychostab.analysis.power.study_power`); nothing for a
+    sweep declared outside the study or without seeds."""
+    from ptychostab.analysis import power
+    from ptychostab.analysis.rule import load_rule
+
+    seeds = min((len(a.seeds) for a in plan.arms.values()), default=0)
+    if seeds < 1 or any(a.cfg.get("outside_study") is True for a in plan.arms.values()):
+        return []
+    rule = load_rule()
+    p = power.study_power(seeds, rule.evidence_level, rule.premise_failure_rate,
+                          rule.min_effect.failure_rate, rule.min_effect.loss)
+    return ["", f"decision rule conf/decision/{rule.name}.yaml, {seeds} seeds per arm "
+                "(experiments/README.md, \"Seeds\"):", *p.lines()]
 
 
 def _fields_text(fields: Mapping[str, Any]) -> str:

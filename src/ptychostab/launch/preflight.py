@@ -5,7 +5,12 @@
 1. expand the grid and compose + validate every job (:func:`ptychostab.launch.plan.build`);
 2. refuse arms that cannot be built or exceed ``plan.max_memory_gb``;
 3. take the sweep lock (a second sweep on the same folder is refused);
-4. write ``plan.csv`` (and, with ``pack > 1``, ``packs.json``: the unfinished seeds of each
+4. with a submitit launcher: find the runs that jobs of an earlier launch still train or will
+   train (:func:`ptychostab.launch.job_wait.find_alive`: their SLURM job, recorded in
+   ``submitted.json``, still queued or running; their local process alive; a fresh
+   ``run.lock``): the launcher waits for them and does not submit them again, and the packs
+   of such jobs are kept as they were;
+5. write ``plan.csv`` (and, with ``pack > 1``, ``packs.json``: the unfinished seeds of each
    arm grouped into packs of up to ``pack``, :func:`ptychostab.launch.plan.group_packs`) and
    log the plan.
 
@@ -40,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from ptychostab import config as cfgmod
 from ptychostab import identity
 from ptychostab.analysis import sweepdir
-from ptychostab.launch import grid, killed_jobs, packs
+from ptychostab.launch import grid, job_wait, killed_jobs, packs
 from ptychostab.launch import plan as planmod
 from ptychostab.launch.sweep_lock import LOCK_NAME, SweepLock, SweepLocked
 from ptychostab.runs import records
@@ -48,7 +53,7 @@ from ptychostab.runs.lock import LOCK, RunLocked, read_lock, stale_reason
 
 log = logging.getLogger(__name__)
 
-_STATE: dict[str, Any] = {"plan": None, "lock": None}
+_STATE: dict[str, Any] = {"plan": None, "lock": None, "alive": {}}
 
 
 class SweepRefused(SystemExit):
@@ -57,6 +62,19 @@ class SweepRefused(SystemExit):
 
 def current_plan() -> planmod.Plan | None:
     return _STATE["plan"]
+
+
+def current_alive() -> dict[Path, job_wait.Alive]:
+    """``{run folder: Alive}``: the runs of this sweep that an earlier launch's job still
+    trains or will train (step 4); the launcher waits for them instead of submitting them."""
+    return _STATE.get("alive") or {}
+
+
+def submitit_backend(config: DictConfig) -> str | None:
+    """``slurm`` / ``local`` for ptychostab's submitit launchers, None for any other."""
+    target = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+    return ("slurm" if target.endswith("PtychoSlurmLauncher")
+            else "local" if target.endswith("PtychoLocalLauncher") else None)
 
 
 def _refuse(problems: Sequence[str], what: str = "the config cannot run") -> None:
@@ -86,6 +104,13 @@ def preflight(config: DictConfig) -> planmod.Plan | None:
         raise SweepRefused(f"preflight: {err}\nNothing was launched.") from None
     _refuse(plan.refusals(), "arm(s) that cannot run")
     _take_lock(plan.sweep_dir, mode=_sweep_mode(config))
+    backend = submitit_backend(config)
+    if backend is not None:
+        # the queue first, the records after: a job that ended in between left its result
+        _STATE["alive"] = alive = job_wait.find_alive(plan, backend=backend)
+        finished = refresh_finished(plan, OmegaConf.select(config, "retry", default=None))
+        if (alive or finished) and plan.pack_size > 1:
+            keep_live_packs(plan, alive)
     for name, write in ((sweepdir.PLAN_CSV, planmod.write_csv),
                         (sweepdir.PACKS_JSON, packs.write_packs)):
         try:
@@ -124,11 +149,52 @@ def _take_lock(sweep_dir: Path, *, shared: bool = False, mode: int | None = None
                            f"Nothing was launched.") from None
 
 
+def refresh_finished(plan: planmod.Plan, retry: Any = None) -> list[planmod.PlannedJob]:
+    """Jobs planned as to-do whose run has a final result by now (the job of an earlier
+    launch finished while this one was composing): marked done/failed, so that they are
+    skipped; returns them."""
+    retry = {str(s) for s in (retry or ())}
+    found = []
+    for job in plan.jobs:
+        if job.status != planmod.TODO:
+            continue
+        loaded = records.read_json(job.run_dir / records.RESULT)
+        status = loaded.data.get("status") if loaded.ok else None
+        if records.is_final(status) and status not in retry:
+            job.status = planmod.DONE if status == records.OK else planmod.FAILED
+            job.result_status = status
+            found.append(job)
+    if found:
+        log.info(f"{len(found)} run(s) finished since the plan was read (a job of an earlier "
+                 f"launch): not launched again")
+    return found
+
+
+def keep_live_packs(plan: planmod.Plan, alive: dict[Path, Any]) -> None:
+    """Packs of an earlier launch whose leader's job still runs or waits keep their members
+    (as ``packs.json`` had them: a queued pack job reads it when it starts); the other
+    unfinished runs, less the live ones, are grouped again."""
+    old = packs.read_packs(plan.sweep_dir) or {}
+    by_dir = {j.run_dir: j for j in plan.jobs}
+    kept, used = [], set()
+    for entry in old.get("packs") or []:
+        members = [by_dir.get((plan.sweep_dir / str(m.get("run_dir"))).absolute())
+                   for m in entry.get("members") or [] if isinstance(m, dict)]
+        jobs = [j for j in members if j is not None and j.run_dir not in used]
+        if not jobs or members[0] is None or members[0].run_dir not in alive:
+            continue
+        kept.append(packs.Pack(pack_id=str(entry.get("id")), arm_id=jobs[0].arm_id, jobs=jobs))
+        used |= {j.run_dir for j in jobs}
+    rest = [j for j in plan.jobs if j.run_dir not in used and j.run_dir not in alive]
+    plan.packs = kept + packs.group_packs(rest, plan.pack_size)
+    packs.size_packs(plan)
+
+
 def release() -> None:
     lock = _STATE.get("lock")
     if lock is not None:
         lock.release()
-    _STATE.update(plan=None, lock=None)
+    _STATE.update(plan=None, lock=None, alive={})
 
 
 class SweepPreflight(Callback):

@@ -22,17 +22,24 @@ SLURM_RUNNING = frozenset(("RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", 
 SLURM_DEAD = frozenset(("FAILED", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "TIMEOUT",
                         "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"))
 
+
 @dataclass
 class Queue:
     """SLURM job states by job id (``123`` or ``<array>_<task>``); ``squeue`` beats ``sacct``."""
 
     states: dict[str, str] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)  # squeue's %r of waiting jobs
     sources: list[str] = field(default_factory=list)  # the commands that answered
     problems: list[str] = field(default_factory=list)
     note: str = ""  # why the queue was not asked, when it was not
 
     def state(self, job_id: str | None) -> str | None:
         return self.states.get(str(job_id)) if job_id else None
+
+    def reason(self, job_id: str | None) -> str | None:
+        """Why a queued job waits (squeue's reason: ``Resources``, ``Priority``,
+        ``JobHeldUser``, ...), None when it does not wait or nobody said."""
+        return self.reasons.get(str(job_id)) if job_id else None
 
 
 def expand_job_id(text: str) -> list[str]:
@@ -65,13 +72,41 @@ def parse_states(text: str) -> dict[str, str]:
 
 parse_squeue = parse_sacct = parse_states
 
+#: squeue's reason for a job that is not waiting for anything
+NO_REASON = frozenset(("", "NONE", "(NULL)"))
+
+
+def parse_reasons(text: str) -> dict[str, str]:
+    """``{job_id: reason}`` of the queued jobs of ``squeue ... --format=%i|%T|%r`` output:
+    why each pending job waits (``Resources``, ``Priority``, ``JobHeldUser``,
+    ``Dependency``, ...); jobs without a reason are left out."""
+    out = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().split("|")]
+        if len(cells) < 3 or not cells[0] or "." in cells[0] or not cells[1]:
+            continue
+        state, reason = cells[1].split()[0].upper(), cells[2]
+        if state in SLURM_QUEUED and reason.upper() not in NO_REASON:
+            out.update({jid: reason for jid in expand_job_id(cells[0])})
+    return out
+
 
 def make_queue(squeue: str | None = None, sacct: str | None = None,
                problems: Iterable[str] = ()) -> Queue:
-    """A :class:`Queue` from command outputs (None: that command did not answer)."""
+    """A :class:`Queue` from command outputs (None: that command did not answer).
+
+    ``squeue`` (the controller's own view) beats ``sacct``. When squeue answered, a job that
+    sacct calls pending or running but squeue does not list is not believed: sacct's row of an
+    array's pending tasks (``123_[4-9] PENDING``) still names a task cancelled while pending
+    (seen on SLURM 22.05) until the next task starts; such a job has no state here."""
     states = parse_states(sacct) if sacct is not None else {}
-    states.update(parse_states(squeue) if squeue is not None else {})
-    return Queue(states=states, problems=list(problems),
+    if squeue is not None:
+        listed = parse_states(squeue)
+        states = {j: s for j, s in states.items()
+                  if j in listed or _CATEGORY.get(s) not in ("queued", "running")}
+        states.update(listed)
+    return Queue(states=states, reasons=parse_reasons(squeue) if squeue is not None else {},
+                 problems=list(problems),
                  sources=[n for n, t in (("squeue", squeue), ("sacct", sacct)) if t is not None])
 
 

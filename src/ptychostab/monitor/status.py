@@ -18,10 +18,13 @@ result, no history); ``stopped`` (started, not final, nothing alive: the next ru
 resumes or retries it). A fresh lock naming another SLURM job (or none) beats that job's state.
 
 SLURM job of a run: the fresh lock's ``slurm_job_id``, else, among the ids in the manifest
-(``slurm`` and every segment's), the result (``slurm_job_id``, set by the launcher) and
+(``slurm`` and every segment's), the result (``slurm_job_id``, set by the launcher), the
+launcher's record at submission (``submitted.json``, written by
+:mod:`ptychostab.launch.submitted`, read by :mod:`~ptychostab.analysis.sweepdir`) and
 submitit's folder (``.submitit/<job>/<job>_submitted.pkl`` names the grid index
 ``job_id_for_<i>``, i.e. row ``i`` of ``plan.csv``; read as pickle opcodes, never unpickled),
-a running or pending one, else the newest.
+a running or pending one, else the newest. A queued run's ``slurm_reason`` is why its job
+waits (``squeue``'s reason: ``Resources``, ``Priority``, ``JobHeldUser``, ``Dependency``, ...).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class RunState:
     lock: dict | None = None  # fresh, stale_reason, pid, host, slurm_job_id, pack_id, ...
     slurm_job_id: str | None = None
     slurm_state: str | None = None
+    slurm_reason: str | None = None  # why a queued job waits (squeue %r: Resources, ...)
     job_candidates: list[str] = field(default_factory=list)
     _steps_per_epoch: float | None = field(default=None, repr=False)
     _since_epoch_s: float = field(default=0.0, repr=False)  # since history.csv was written
@@ -187,6 +191,7 @@ def resolve(run: RunState, queue: slurm.Queue) -> None:
                         else slurm.pick_job(run.job_candidates, queue))
     run.slurm_state = queue.state(run.slurm_job_id)
     run.live = live_state(run, fresh=fresh, lock_job=lock_job)
+    run.slurm_reason = queue.reason(run.slurm_job_id) if run.live == "queued" else None
     run.eta_s = (run_eta(run, run._steps_per_epoch, run._since_epoch_s)
                  if run.live == "running" else None)
 
@@ -241,6 +246,7 @@ def read_sweep(sweep_dir: str | os.PathLike, queue: slurm.Queue | None = None, *
     plan = plan or []
     found = sweepdir.find_run_dirs(sweep_dir)
     by_index = slurm.submitit_jobs(sweep_dir)
+    recorded = sweepdir.submitted_job_ids(sweep_dir)  # the launcher's record, at submission
     runs, seen = [], set()
     for index, row in enumerate(plan):
         key = (row["arm_id"], row["seed"])
@@ -251,13 +257,14 @@ def read_sweep(sweep_dir: str | os.PathLike, queue: slurm.Queue | None = None, *
                        arm_label=row.get("arm_label") or None,
                        run_dir=str(found.get(key, sweepdir.run_dir(sweep_dir, *key))))
         wanted = set(str(row.get("overrides") or "").split())
-        read_run_state(run, now=now, extra_jobs=[j for j, strings in by_index.get(index, ())
-                                           if wanted <= strings])
+        extra = [j for j, strings in by_index.get(index, ()) if wanted <= strings]
+        extra += _recorded(recorded, sweep_dir, Path(run.run_dir))
+        read_run_state(run, now=now, extra_jobs=extra)
         runs.append(run)
     for key, folder in found.items():
         if key not in seen:
             run = RunState(arm_id=key[0], seed=key[1], run_dir=str(folder))
-            read_run_state(run, now=now)
+            read_run_state(run, now=now, extra_jobs=_recorded(recorded, sweep_dir, folder))
             runs.append(run)
     _fill_from_arm(runs)
     problems = [problem] if problem else []
@@ -266,6 +273,11 @@ def read_sweep(sweep_dir: str | os.PathLike, queue: slurm.Queue | None = None, *
     state = SweepState(sweep=sweep_dir.name, path=str(sweep_dir), runs=runs, plan=bool(plan),
                        problems=problems)
     return apply_queue(state, queue) if queue is not None else state
+
+
+def _recorded(recorded: dict[str, str], sweep_dir: Path, run_dir: Path) -> list[str]:
+    jid = recorded.get(sweepdir.run_key(sweep_dir, run_dir))
+    return [jid] if jid else []
 
 
 def apply_queue(state: SweepState, queue: slurm.Queue) -> SweepState:
@@ -286,16 +298,28 @@ def _fill_from_arm(runs: list[RunState]) -> None:
 
 # --- counts and ETA ---------------------------------------------------------------------------
 def counts(runs: list[RunState]) -> dict:
-    """``{"n_runs", "by_status" (every status), "by_family" (the four), "live" (every state)}``."""
+    """``{"n_runs", "by_status" (every status), "by_family" (the four), "live" (every state),
+    "waiting" ({reason: n} of the queued runs whose job waits for a reason)}``."""
     def tally(keys: Iterable[str], get: Callable[[RunState], str]) -> dict[str, int]:
         out = dict.fromkeys(keys, 0)
         for r in runs:
             out[get(r)] = out.get(get(r), 0) + 1
         return out
 
+    waiting = [r for r in runs if r.live == "queued" and r.slurm_reason]
     return {"n_runs": len(runs), "by_status": tally(records.ALL_STATUSES, lambda r: r.status),
             "by_family": tally(FAMILY_NAMES, lambda r: r.family),
-            "live": tally(LIVE_STATES, lambda r: r.live)}
+            "live": tally(LIVE_STATES, lambda r: r.live),
+            "waiting": _reasons(waiting)}
+
+
+def _reasons(runs: list[RunState]) -> dict[str, int]:
+    """``{reason: queued runs}`` (squeue's reason a queued job waits: Resources, Priority,
+    JobHeldUser, ...)."""
+    out: dict[str, int] = {}
+    for r in runs:
+        out[str(r.slurm_reason)] = out.get(str(r.slurm_reason), 0) + 1
+    return dict(sorted(out.items()))
 
 
 ASSUMPTION = ("ETA = remaining work / parallelism. Remaining work: a running run's own ETA; "

@@ -1,4 +1,7 @@
-"""Study plots (PNG, matplotlib Agg), one set per sweep: ``plots/<sweep>_<kind>.png``.
+"""The report's figures (PNG, matplotlib Agg), drawn from data the analysis computed and read:
+no function here reads a file (:mod:`ptychostab.report.figures` names the files and draws them).
+
+One set per sweep, ``plots/<sweep>_<kind>.png``:
 
 - ``val_loss``: val loss vs epoch, per arm the median over ok runs with the IQR band; failed
   runs as dotted lines up to their failure.
@@ -7,16 +10,17 @@
 - ``failure_rate``: failure rate per arm with 95% Wilson whiskers.
 - ``survival``: Kaplan-Meier survival vs epoch per arm.
 - ``metrics``: box + strip plot per metric over ok runs.
-- ``recon``: ground truth vs the median run's reconstruction (amplitude, phase), from an
-  optional ``recon.npz`` (keys ``pred``, ``truth``) in the run folder; skipped when absent.
+- ``recon``: ground truth vs the median run's reconstruction (amplitude, phase), when the
+  median run left a ``recon.npz`` (:mod:`ptychostab.analysis.plot_inputs`); skipped otherwise.
+
+And for the whole study: ``clip_sweep`` (failure rate and median loss against the clip value),
+``drift_epochs`` and ``drift_depth`` (activation drift against epoch and depth).
 """
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
-import zipfile
 from pathlib import Path
 
 import matplotlib
@@ -27,11 +31,16 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ptychostab.analysis import stats  # noqa: E402
-from ptychostab.analysis.collect import load_history  # noqa: E402
-from ptychostab.analysis.decide import DecisionRule  # noqa: E402
+from ptychostab.analysis.activation_drift import (  # noqa: E402
+    DriftData,
+    failure_epochs,
+    level_drift,
+)
+from ptychostab.analysis.clipsweep import ClipNumbers  # noqa: E402
+from ptychostab.analysis.plot_inputs import PlotInputs, Recon  # noqa: E402
+from ptychostab.analysis.rule import ROLES  # noqa: E402
 from ptychostab.runs import records  # noqa: E402
 
-RECON = "recon.npz"
 MAX_FAILED_LINES = 20  # per arm
 DPI = 110
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -74,19 +83,22 @@ def band(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return q[0], q[1], q[2]
 
 
-def _histories(g: pd.DataFrame) -> list[list[dict]]:
-    return [load_history(p) for p in g["_path"]]
+def close_all() -> None:
+    """Close every open figure (after a plot that failed half-way)."""
+    plt.close("all")
 
 
-def plot_curves(runs: pd.DataFrame, arms: pd.DataFrame, loss_path: Path,
+def plot_curves(runs: pd.DataFrame, arms: pd.DataFrame, inputs: PlotInputs, loss_path: Path,
                 grad_path: Path) -> list[Path]:
-    """Val loss (median + IQR of ok runs, failed runs dotted) and grad norms vs epoch."""
+    """Val loss (median + IQR of ok runs, failed runs dotted) and grad norms vs epoch, from the
+    runs' histories in ``inputs``."""
     fig_l, ax_l = plt.subplots(figsize=(7, 4.2))
     fig_g, ax_g = plt.subplots(figsize=(7, 4.2))
     for color, (_, arm) in zip(_colors(len(arms)), arms.iterrows(), strict=True):
         g = runs[(runs["sweep"] == arm["sweep"]) & (runs["arm_id"] == arm["arm_id"])]
         ok, failed = g[g["status"] == records.OK], g[g["category"] == "instability"]
-        hist_ok, hist_failed = _histories(ok), _histories(failed)
+        hist_ok = [inputs.history_of(p) for p in ok["_path"]]
+        hist_failed = [inputs.history_of(p) for p in failed["_path"]]
         med, q25, q75 = band(epoch_matrix(hist_ok, "val_loss"))
         x = np.arange(med.size)
         ax_l.plot(x, med, color=color, label=f"{arm['arm_label']} ({len(ok)} ok)")
@@ -188,41 +200,19 @@ def plot_metrics(runs: pd.DataFrame, arms: pd.DataFrame, metric_names: list[str]
     return _save(fig, path, tight=False)
 
 
-def median_run(g: pd.DataFrame, metric: str) -> pd.Series | None:
-    """The ok run whose ``metric`` is the median (the lower middle for an even count)."""
-    ok = g[(g["status"] == records.OK) & np.isfinite(g[metric].to_numpy(dtype=float))] \
-        if metric in g else g.iloc[0:0]
-    if ok.empty:
-        return None
-    ordered = ok.sort_values([metric, "seed"], kind="stable")
-    return ordered.iloc[(len(ordered) - 1) // 2]
-
-
-def load_recon(run_path: str | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """(pred, truth) complex 2-D arrays from ``recon.npz``; None when absent or unreadable."""
-    if not isinstance(run_path, str) or not (Path(run_path) / RECON).exists():
-        return None
-    try:
-        with np.load(Path(run_path) / RECON, allow_pickle=False) as z:
-            pred, truth = np.asarray(z["pred"]), np.asarray(z["truth"])
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        return None  # an optional artefact: damaged means skipped, never a crash
-    return (pred, truth) if pred.ndim == 2 and truth.ndim == 2 else None
-
-
-def plot_recon(runs: pd.DataFrame, arms: pd.DataFrame, rule: DecisionRule,
+def plot_recon(arms: pd.DataFrame, recon: dict[tuple[str, str], Recon],
                path: Path) -> Path | None:
+    """Ground truth and each arm's median-run reconstruction (``recon``: (sweep, arm_id) ->
+    :class:`~ptychostab.analysis.plot_inputs.Recon`); None when no arm has one."""
     found = []
     for _, arm in arms.iterrows():
-        g = runs[(runs["sweep"] == arm["sweep"]) & (runs["arm_id"] == arm["arm_id"])]
-        run = median_run(g, rule.metric)
-        rec = load_recon(run["_path"]) if run is not None else None
+        rec = recon.get((str(arm["sweep"]), str(arm["arm_id"])))
         if rec is not None:
-            found.append((f"{arm['arm_label']} (seed {run['seed']})", rec))
+            found.append((f"{arm['arm_label']} (seed {rec.seed})", rec))
     if not found:
         return None
-    truth = found[0][1][1]
-    panels = [("ground truth", truth)] + [(name, rec[0]) for name, rec in found]
+    truth = found[0][1].truth
+    panels = [("ground truth", truth)] + [(name, rec.pred) for name, rec in found]
     amp_range = np.percentile(np.abs(truth), [1.0, 99.0])  # one amplitude scale for all
     fig, axes = plt.subplots(len(panels), 2, figsize=(6.4, 3.0 * len(panels)), squeeze=False)
     for row, (name, obj) in zip(axes, panels, strict=True):
@@ -236,23 +226,20 @@ def plot_recon(runs: pd.DataFrame, arms: pd.DataFrame, rule: DecisionRule,
     return _save(fig, path, tight=False)
 
 
-def plot_clip_sweep(summary: pd.DataFrame, rule: DecisionRule, path: Path) -> Path | None:
-    """Failure rate and median loss (with their intervals) against the clip value on a log
-    axis; the unclipped Stage A control as the right-most point."""
-    from ptychostab.analysis import clipsweep
-
-    arms = clipsweep.clip_arms(summary)
-    if arms.empty:
+def plot_clip_sweep(clip: ClipNumbers | None, metric: str, path: Path) -> Path | None:
+    """Failure rate and median ``metric`` (with their intervals) against the clip value on a
+    log axis; the unclipped Stage A control as the right-most point."""
+    if clip is None or clip.arms.empty:
         return None
+    arms, ctrl = clip.arms, clip.control
     x = pd.to_numeric(arms["clip_value"], errors="coerce").to_numpy(dtype=float)
-    ctrl = clipsweep.stage_a_control(summary)
     rows = [r for _, r in arms.iterrows()]
     labels = [f"{v:g}" for v in x]
     if ctrl is not None:
         x = np.append(x, np.nanmax(x) * 3 if np.isfinite(x).any() else 1.0)
         rows.append(ctrl)
         labels.append("none")
-    m = rule.metric
+    m = metric
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
     for xi, r in zip(x, rows, strict=True):
         color = "C3" if r is ctrl else "C0"
@@ -276,37 +263,74 @@ def plot_clip_sweep(summary: pd.DataFrame, rule: DecisionRule, path: Path) -> Pa
     return _save(fig, path)
 
 
-def _safe(notes: list[str], name: str, fn, *args) -> list[Path]:
-    """Run one plot; a plot that cannot be drawn is skipped with a note, never a crash."""
-    try:
-        out = fn(*args)
-    except Exception as err:  # noqa: BLE001  (a report must be written whatever the data)
-        plt.close("all")
-        notes.append(f"{name}: {type(err).__name__}: {err}")
-        return []
-    out = out if isinstance(out, list) else [out]
-    return [p for p in out if p is not None]
+def plot_drift_epochs(data: DriftData, path: Path) -> Path | None:
+    """Per stage and arm: level drift against epoch of the runs that did not fail (median,
+    IQR) and of the failed runs, aligned on their failure epoch; None without activations."""
+    runs, lv = data.runs, level_drift(data.acts)
+    groups = [(k, g) for k, g in runs.groupby(["stage", "arm"], sort=False)
+              if set(g["run"]) & set(lv["run"])]
+    if not groups:
+        return None
+    fig, axes = plt.subplots(len(groups), 2, figsize=(10, 2.8 * len(groups)), squeeze=False,
+                             constrained_layout=True)
+    for (stage, arm), g, row in ((k, g, axes[i]) for i, (k, g) in enumerate(groups)):
+        failed = failure_epochs(g)
+        rest = [r for r in g["run"] if r not in failed]
+        for level, gl in lv[lv["run"].isin(rest)].groupby("level"):
+            piv = gl.pivot_table(index="epoch", columns="run", values="drift")
+            q = np.nanpercentile(piv.to_numpy(), [25, 50, 75], axis=1)
+            row[0].plot(piv.index, q[1], marker="o", ms=3, label=f"level {level}")
+            row[0].fill_between(piv.index, q[0], q[2], alpha=0.2)
+        for run, f_epoch in failed.items():
+            for level, gl in lv[lv["run"] == run].groupby("level"):
+                row[1].plot(gl["epoch"] - f_epoch, gl["drift"], lw=0.8, marker=".",
+                            color=f"C{int(level) % 10}", label=f"level {level}")
+        row[0].set_title(f"stage {stage}, {arm}: not failed (median, IQR)", fontsize=9)
+        row[1].set_title(f"stage {stage}, {arm}: failed runs, aligned on failure", fontsize=9)
+        row[0].set_xlabel("epoch (-1 = init)")
+        row[1].set_xlabel("epochs relative to the failure epoch")
+        for ax in row:
+            ax.axhline(0, color="0.6", lw=0.7)
+            ax.set_ylabel("last-block signed mean")
+            handles, labels = ax.get_legend_handles_labels()
+            uniq = dict(zip(labels, handles, strict=False))
+            if uniq:
+                ax.legend(uniq.values(), uniq.keys(), fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path, tight=False)
 
 
-def make_plots(runs: pd.DataFrame, summary: pd.DataFrame, out_dir: Path,
-               metric_names: list[str], rule: DecisionRule) -> tuple[list[Path], list[str]]:
-    """Write every plot for every sweep; return the files written and the skipped plots."""
-    files: list[Path] = []
-    notes: list[str] = []
-    for sweep_name, arms in summary.groupby("sweep", sort=False):
-        sweep = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(sweep_name))
-        stem = Path(out_dir) / sweep
-        files += _safe(notes, f"{sweep} curves", plot_curves, runs, arms,
-                       stem.with_name(f"{sweep}_val_loss.png"),
-                       stem.with_name(f"{sweep}_grad_norm.png"))
-        files += _safe(notes, f"{sweep} failure rate", plot_failure_rate, arms,
-                       stem.with_name(f"{sweep}_failure_rate.png"))
-        files += _safe(notes, f"{sweep} survival", plot_survival, runs, arms,
-                       stem.with_name(f"{sweep}_survival.png"))
-        files += _safe(notes, f"{sweep} metrics", plot_metrics, runs, arms, metric_names,
-                       stem.with_name(f"{sweep}_metrics.png"))
-        files += _safe(notes, f"{sweep} recon", plot_recon, runs, arms, rule,
-                       stem.with_name(f"{sweep}_recon.png"))
-    files += _safe(notes, "clip sweep", plot_clip_sweep, summary, rule,
-                   Path(out_dir) / "clip_sweep.png")
-    return files, notes
+def plot_drift_depth(data: DriftData, path: Path) -> Path | None:
+    """Per arm (its role when it has one, across stages): each block's signed mean at init and
+    at the end, one line per depth; None without activations."""
+    runs, acts = data.runs, data.acts
+    if acts.empty:
+        return None
+    # one panel per arm across stages: the role when it has one (control at depth 4 and 8 are
+    # one arm of the study), else the arm's label
+    panel = runs["role"].where(runs["role"].isin(ROLES), runs["arm"])
+    arms = [a for a in dict.fromkeys(panel) if set(runs[panel == a]["run"]) & set(acts["run"])]
+    if not arms:
+        return None
+    fig, axes = plt.subplots(1, len(arms), figsize=(4.2 * len(arms), 3.2), squeeze=False,
+                             constrained_layout=True)
+    for ax, arm in zip(axes[0], arms, strict=False):
+        g = runs[panel == arm]
+        for i, (depth, gd) in enumerate(sorted(g.groupby("depth"), key=lambda t: t[0])):
+            a = acts[acts["run"].isin(gd["run"])]
+            if a.empty:
+                continue
+            last = a.groupby("run")["epoch"].transform("max")
+            for when, sel, style in (("init", a["epoch"] == -1, "--"), ("end", a["epoch"] == last,
+                                                                         "-")):
+                med = a[sel].groupby("block")["out_mean"].median()
+                if not med.empty:
+                    ax.plot(med.index, med.to_numpy(), style, marker="o", ms=3, color=f"C{i}",
+                            label=f"depth {int(depth)} {when}")
+        ax.axhline(0, color="0.6", lw=0.7)
+        ax.set_title(str(arm), fontsize=9)
+        ax.set_xlabel("block (execution order)")
+        ax.set_ylabel("signed mean (median over seeds)")
+        ax.legend(fontsize=7)
+    return _save(fig, path, tight=False)

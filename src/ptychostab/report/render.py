@@ -1,110 +1,32 @@
-"""Markdown study report and its warnings, from the runs and summary tables.
+"""The Markdown study report (``report.md``) of a study result
+(:class:`~ptychostab.analysis.pipeline.StudyResult`).
 
 Pure text: no timestamps and no absolute paths, so the same records give the same bytes
-(the golden test relies on it).
+(the golden test relies on it). The figures are drawn beforehand
+(:mod:`ptychostab.report.figures`) and only linked here; the caveats come with the result.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
-from ptychostab.analysis import clipsweep, stats
+from ptychostab.analysis import protocol
+from ptychostab.analysis.caveats import STAGE_TITLE
 from ptychostab.analysis.decide import MEANING, Decision, DecisionRule
+from ptychostab.analysis.pipeline import StudyResult, default_out_dir
 from ptychostab.report import tables
-from ptychostab.report.rule_text import report_definitions, table
-from ptychostab.runs import records
+from ptychostab.report.clip_section import clip_section
+from ptychostab.report.drift_section import drift_section
+from ptychostab.report.figures import CLIP_SWEEP_PNG, Figures
+from ptychostab.report.markdown import image, table
+from ptychostab.report.rule_text import report_definitions
 
-MAX_LISTED = 20  # runs named one by one in a warning before "... and k more"
-STAGE_TITLE = {"A": "Stage A", "B": "Stage B", "clip": "Clip sweep", "": "Unstaged arms"}
 PROTOCOL_KEYS = (("data.N", "N"), ("data.size", "object px"), ("data.nimgs_train", "train images"),
                  ("data.nimgs_test", "test images"), ("data.nphotons", "photons"),
                  ("data.set_phi", "set_phi"), ("trainer.max_epochs", "epochs"),
                  ("trainer.batch_size", "batch"), ("trainer.lr", "lr"), ("depth", "depth"))
-
-
-# --- warnings --------------------------------------------------------------------------------
-def _listing(items: list[str]) -> str:
-    head = ", ".join(items[:MAX_LISTED])
-    more = len(items) - MAX_LISTED
-    return head + (f", ... and {more} more" if more > 0 else "")
-
-
-def _run_name(r) -> str:
-    return f"{r['sweep']}/{r['arm_label']}/seed={r['seed']}"
-
-
-def _incomplete_warnings(runs: pd.DataFrame) -> list[str]:
-    out = []
-    for status in (*records.OTHER_FINAL_KINDS, *records.INCOMPLETE_KINDS, "missing"):
-        sel = runs[runs["status"] == status]
-        if len(sel):
-            started = int(sel["started"].fillna(False).astype(bool).sum())
-            extra = (f" ({started} started without a result: running or killed)"
-                     if status == "missing" and started else "")
-            out.append(f"{len(sel)} {status} run(s){extra}: "
-                       + _listing([_run_name(r) for _, r in sel.iterrows()]))
-    bad = runs[runs["status"] == "corrupt"]
-    if len(bad):
-        out.append(f"{len(bad)} corrupt record(s): "
-                   + _listing([f"{_run_name(r)} ({r['problem']})" for _, r in bad.iterrows()]))
-    damaged = runs[(runs["status"] != "corrupt") & runs["problem"].fillna("").str.contains(
-        "corrupt|schema_version", regex=True)]
-    if len(damaged):
-        out.append(f"{len(damaged)} run(s) with a damaged manifest (result used): "
-                   + _listing([f"{_run_name(r)} ({r['problem']})"
-                               for _, r in damaged.iterrows()]))
-    unplanned = runs[~runs["in_plan"].astype(bool)]
-    if len(unplanned):
-        out.append(f"{len(unplanned)} run folder(s) not in plan.csv: "
-                   + _listing([_run_name(r) for _, r in unplanned.iterrows()]))
-    return out
-
-
-def _git_warnings(runs: pd.DataFrame) -> list[str]:
-    started = runs[runs["started"].fillna(False).astype(bool)]
-    commits = started["git_commit"].dropna()
-    commits = commits[commits.astype(str) != ""]
-    out = []
-    counts = commits.astype(str).value_counts()
-    if len(counts) > 1:
-        out.append("mixed git commits: " + ", ".join(
-            f"{c[:10]} ({n} runs)" for c, n in sorted(counts.items())))
-    dirty = int(started["git_dirty"].map(lambda v: v is True).sum())
-    if dirty:
-        out.append(f"{dirty} run(s) from a dirty working tree (uncommitted changes)")
-    unknown = len(started) - len(commits)
-    if unknown:
-        out.append(f"{unknown} started run(s) without a git commit in the manifest")
-    return out
-
-
-def warnings_for(runs: pd.DataFrame, summary: pd.DataFrame, problems: list[str],
-                 rule: DecisionRule) -> list[str]:
-    """Every warning the report lists, in a fixed order."""
-    out = list(problems)
-    if runs.empty:
-        return out + ["no runs found (no plan.csv rows and no <arm_id>/seed=<k> folders)"]
-    out += _incomplete_warnings(runs)
-    few = summary[summary["n_ok"] < rule.min_successful_seeds]
-    if len(few):
-        out.append(f"arm(s) with fewer than {rule.min_successful_seeds} successful seeds: "
-                   + _listing([f"{r['arm_label']} ({r['n_ok']} ok, stage {r['stage'] or '-'})"
-                               for _, r in few.iterrows()]))
-    out += _git_warnings(runs)
-    vac = int(summary["n_phase_vacuous"].sum()) if "n_phase_vacuous" in summary else 0
-    if vac:
-        out.append(f"{vac} run(s) with a constant ground-truth phase (set_phi off?): "
-                   "their phase metrics are vacuous")
-    for stage, g in summary.groupby("stage", sort=True):
-        names = sorted({n for v in g["val_loss_name"] for n in str(v).split(",") if n})
-        if len(names) > 1:
-            out.append(f"{STAGE_TITLE[stage]}: arms report different val losses "
-                       f"({', '.join(names)}): loss comparisons mix metrics")
-    lone = summary[summary["stage"] == ""]
-    if len(lone):
-        names = sorted(f"{r['sweep']}/{r['arm_label']}" for _, r in lone.iterrows())
-        out.append("arm(s) in no stage (not in the decision): " + _listing(names))
-    return out
 
 
 # --- first lines -----------------------------------------------------------------------------
@@ -114,9 +36,12 @@ def _stage_protocol(runs: pd.DataFrame, protocols: dict, stage: str) -> str:
             g[["stage", "sweep", "arm_id"]].itertuples(index=False, name=None)}
     values: dict[str, set] = {}
     for key in keys:
-        for k, _ in PROTOCOL_KEYS:
-            if (protocols.get(key) or {}).get(k) is not None:
-                values.setdefault(k, set()).add(str(protocols[key][k]))
+        ap = protocol.as_arm_protocol(protocols.get(key))
+        for proto in [p for _, p in ap.variants] or [ap.protocol or {}]:
+            for k, _ in PROTOCOL_KEYS:
+                if proto.get(k) is not None:
+                    v = proto[k]
+                    values.setdefault(k, set()).add(f"{v:g}" if isinstance(v, float) else str(v))
     parts = [f"{label} {'/'.join(sorted(values[k]))}" for k, label in PROTOCOL_KEYS
              if k in values]
     seeds = sorted({str(s) for s in g["seed"]}, key=lambda x: (len(x), x))
@@ -126,15 +51,43 @@ def _stage_protocol(runs: pd.DataFrame, protocols: dict, stage: str) -> str:
             + (", ".join(parts) if parts else "protocol unknown (no readable manifest)"))
 
 
-def _header(runs: pd.DataFrame, sources: list[str], rule: DecisionRule, decision: Decision,
-            protocols: dict) -> list[str]:
-    lines = [f"# Study report: {' + '.join(sources)}", ""]
+def _test_run(runs: pd.DataFrame, protocols: dict, rule: DecisionRule) -> list[str]:
+    """The stages whose runs are the strategy's test runs (one train and one test image) where
+    the stage declares more (a demonstration declaring 1/1 runs no test run)."""
+    out = []
+    for stage in ("A", "B"):
+        declared = rule.stages[stage].protocol
+        if declared.get("data.nimgs_train") == 1 and declared.get("data.nimgs_test") == 1:
+            continue
+        keys = {tuple(str(x) for x in k) for k in runs.loc[runs["stage"] == stage, [
+            "stage", "sweep", "arm_id"]].itertuples(index=False, name=None)}
+        protos = [protocol.as_arm_protocol(protocols.get(k)).protocol or {} for k in keys]
+        if protos and all(p.get("data.nimgs_train") == 1 and p.get("data.nimgs_test") == 1
+                          for p in protos):
+            out.append(STAGE_TITLE[stage])
+    return out
+
+
+def first_lines(result: StudyResult) -> list[str]:
+    """The report's first lines: what kind of reading this is, before any number."""
+    rule, d, runs = result.rule, result.decision, result.runs
+    lines = []
     if rule.demonstration:
         lines += ["> **DEMONSTRATION SCALE.** Tiny data, few epochs, a CPU: this report shows "
                   "the whole protocol at work; its outcome means nothing for the study. Rule "
                   f"file: `conf/decision/{rule.name}.yaml`.", ""]
+    if rule.point:
+        what = "of a demonstration " if rule.demonstration else ""
+        lines += [f"> **POINT READING** {what}(`evidence: point`): every gate reads its estimate "
+                  "alone, the strategy's literal reading (lower is lower, whatever the seeds); "
+                  f"the one-sided {rule.evidence_level:.0%} bounds are shown, not used.", ""]
+    tests = _test_run(runs, result.protocols, rule) if len(runs) else []
+    if tests:
+        lines += [f"> **TEST RUN** ({', '.join(tests)}: one train and one test image, the "
+                  "strategy's test runs to validate stability before scaling): not the study's "
+                  "protocol; its outcome is not the study's.", ""]
     if rule.allow_protocol_mismatch:
-        used = "; ".join(decision.mismatches) or "none found"
+        used = "; ".join(d.mismatches + d.protocol_unknown) or "none found"
         lines += [f"> **Protocol mismatches allowed** by the rule switch "
                   f"`allow_protocol_mismatch: true` (mismatches: {used}).", ""]
     if not rule.robust_to_unsettled:
@@ -143,33 +96,76 @@ def _header(runs: pd.DataFrame, sources: list[str], rule: DecisionRule, decision
     if rule.compare_with != "control":
         lines += [f"> The arch fix is compared with `{rule.compare_with}` arms of each stage, "
                   "not only the control.", ""]
-    stages = [s for s in ("A", "B", "clip", "") if len(runs) and (runs["stage"] == s).any()]
+    if result.outside:
+        lines += ["> Outside the study (`outside_study: true`; listed apart, in no stage, not in "
+                  "the decision): " + ", ".join(f"`{s}`" for s in result.outside) + ".", ""]
+    if result.staged_by_depth:
+        lines += ["> Staged by depth (no stage name in the sweep's name): "
+                  + "; ".join(result.staged_by_depth) + ".", ""]
+    return lines
+
+
+def _header(result: StudyResult) -> list[str]:
+    runs, sources, rule, protocols = (result.runs, result.sources, result.rule,
+                                      result.protocols)
+    lines = [f"# Study report: {' + '.join(sources)}", ""] + first_lines(result)
+    stages = [s for s in ("A", "B", "clip", "outside", "") if len(runs)
+              and (runs["stage"] == s).any()]
     lines += ["Protocol:", ""] + [_stage_protocol(runs, protocols, s) for s in stages]
     if not stages:
         lines.append("- no runs found")
     fam = runs["category"].value_counts() if len(runs) else pd.Series(dtype=int)
     commits = sorted({str(c)[:10] for c in runs.get("git_commit", pd.Series(dtype=object))
                       .dropna() if c})
+    reading = ("point estimates (`evidence: point`)" if rule.point else
+               f"one-sided {rule.evidence_level:.0%} bounds (`evidence: interval`)")
     lines += [
         "", f"- Sources: {', '.join(f'`{s}`' for s in sources)}; rule file "
         f"`conf/decision/{rule.name}.yaml`",
         f"- Runs: {len(runs)} planned: " + ", ".join(
             f"{int(fam.get(f, 0))} {f}" for f in ("ok", "instability", "other final",
                                                   "not final")),
-        f"- Decision metric: `{rule.metric}`; trusted median: >= {rule.min_successful_seeds} "
-        "finite values",
+        f"- Decision metric: `{rule.metric}`; SSIMs: "
+        + ", ".join(f"`{m}`" for m in rule.ssim_metrics)
+        + f"; trusted median: >= {rule.min_successful_seeds} finite values; gates read "
+        + reading + f"; smallest effects that matter: failure rate "
+        f"{rule.min_effect.failure_rate:.0%}, loss {rule.min_effect.loss:.0%}",
         f"- Git commits: {', '.join(commits) or 'unknown'}", ""]
     return lines
 
 
 # --- the decision ----------------------------------------------------------------------------
+def _gate_rows(d: Decision) -> list[list[str]]:
+    rows = []
+    for g in d.gates:
+        reason = g.reason + (f"; {g.settle}" if g.settle else "")
+        rows.append([f"Stage {g.stage}", g.subject, g.name, g.against or "-", g.interval_text(),
+                     f"**{g.verdict}**", g.point or "-", g.numbers, reason])
+    return rows
+
+
+MAX_CASES = 27  # robustness cases listed one by one; more: summarised by outcome
+
+
+def robustness_table(cases: list[tuple[str, str]]) -> list[str]:
+    """Every case when they are few; else one row per outcome with its count and a case."""
+    if len(cases) <= MAX_CASES:
+        return table(["Unsettled runs counted as", "Outcome"], cases)
+    rows = []
+    for outcome in dict.fromkeys(o for _, o in cases):
+        hits = [c for c, o in cases if o == outcome]
+        rows.append([outcome, len(hits), hits[0]])
+    return table(["Outcome", "Cases", "For example"], rows)
+
+
 def decision_section(decision: Decision) -> list[str]:
     d = decision
     lines = [f"## Decision: **{d.outcome}**", "",
              f"{d.because[0].upper()}{d.because[1:]}. Meaning: {MEANING[d.outcome]}.", ""]
     if d.provisional:
-        lines += [f"Provisional outcome (what the finished runs still allow; unsettled runs left "
-                  f"out): **{d.provisional}**.", ""]
+        lines += [f"Provisional outcome ({d.provisional_basis}): **{d.provisional}**.", ""]
+    if d.premise:
+        lines += [f"Premise: **{d.premise}**: {d.premise_text}.", ""]
     if d.to_run:
         lines += ["### What to run to settle it", ""] + [f"- {m}" for m in d.to_run] + [""]
     if d.roles:
@@ -179,16 +175,26 @@ def decision_section(decision: Decision) -> list[str]:
         lines += [f"- GOLD (arch fix): **{v[0]}**: {v[1]}" if k == "arch_fix" else
                   f"- SILVER (opt fix): **{v[0]}**: {v[1]}" for k, v in d.fixes.items()]
         lines += [f"- Outcome-table inputs: {', '.join(d.inputs)}", ""]
+    if d.other_fix:
+        lines += ["### The other fix", ""] + [f"- {m}" for m in d.other_fix] + [""]
     if d.gates:
-        rows = [[f"Stage {g.stage}", g.subject, g.name, g.verdict, g.numbers, g.reason]
-                for g in d.gates]
-        lines += ["### Gates", ""]
-        lines += table(["Stage", "Fix", "Gate", "Verdict", "Numbers", "Reason"], rows) + [""]
-    if d.mismatches:
-        lines += ["### Protocol mismatches", ""] + [f"- {m}" for m in d.mismatches] + [""]
-    if len(d.cases) > 1:
-        lines += ["### Robustness (every extreme assignment of the unsettled runs)", ""]
-        lines += table(["Unsettled runs counted as", "Outcome"], d.cases) + [""]
+        level = f"{d.level:.0%}"
+        lines += ["### Gates", "",
+                  f"Estimate: the improvement (superiority gates: `rate_control - rate_fix`, "
+                  f"`1 - median_fix / median_ref`) or the regression (non-inferiority gates), "
+                  f"with its one-sided {level} bounds; limit gates (nonfinite runs, grad norm) "
+                  "are counts and medians.", ""]
+        lines += table(["Stage", "Fix", "Gate", "Against", "Estimate [bounds]", "Verdict",
+                        "Point reading", "Numbers", "Reason"], _gate_rows(d)) + [""]
+    if d.mismatches or d.protocol_unknown:
+        lines += ["### Protocol", ""] + [f"- {m}" for m in d.mismatches + d.protocol_unknown]
+        lines += [""]
+    if d.conflicts:
+        lines += ["### Records found twice with different results", ""]
+        lines += [f"- {c}" for c in d.conflicts] + [""]
+    if len({o for _, o in d.cases}) > 1:
+        lines += ["### Robustness (the ways of counting the unsettled runs)", ""]
+        lines += robustness_table(d.cases) + [""]
     if d.notes:
         lines += ["### Notes", ""] + [f"- {n}" for n in d.notes] + [""]
     return lines
@@ -210,32 +216,30 @@ def stage_section(runs: pd.DataFrame, g: pd.DataFrame, stage: str, rule: Decisio
     return lines
 
 
-def render(runs: pd.DataFrame, summary: pd.DataFrame, decision: Decision,
-           warnings: list[str], rule: DecisionRule, sources: list[str],
-           metric_names: list[str], plots: list[str] | None = None,
-           reps: int = stats.BOOTSTRAP_REPS, seed: int = stats.BOOTSTRAP_SEED,
-           out_dir=None, protocols: dict | None = None,
-           plot_notes: list[str] | None = None,
-           drift_lines: list[str] | None = None) -> str:
-    """The whole ``report.md`` text (run folders relative to ``out_dir``); ``drift_lines``:
-    the activation-drift section (:func:`ptychostab.analysis.activation_drift.drift_section`)."""
-    protocols = protocols or {}
-    plots = list(plots or [])
-    lines = _header(runs, sources, rule, decision, protocols) + decision_section(decision)
-    for stage in ("A", "B", ""):
+def render(result: StudyResult, out_dir: str | Path | None = None,
+           figures: Figures | None = None) -> str:
+    """The whole ``report.md`` text: run folders and figures linked relative to ``out_dir``
+    (default: where :func:`ptychostab.analysis.pipeline.default_out_dir` puts the report);
+    ``figures``: those drawn for it (None: none)."""
+    out = Path(out_dir) if out_dir else default_out_dir(result.sweep_dirs)
+    figures = figures or Figures()
+    runs, summary, rule = result.runs, result.summary, result.rule
+    plots = [p.relative_to(out).as_posix() for p in figures.study]
+    lines = _header(result) + decision_section(result.decision)
+    for stage in ("A", "B", "outside", ""):
         g = summary[summary["stage"] == stage] if len(summary) else summary
         if len(g):
-            lines += stage_section(runs, g, stage, rule, metric_names, out_dir)
+            lines += stage_section(runs, g, stage, rule, result.metric_names, out)
     lines += tables.pack_section(runs)  # only when some run was packed
-    lines += list(drift_lines or [])
-    clip_plot = next((p for p in plots if p.endswith("clip_sweep.png")), None)
-    lines += clipsweep.clip_section(runs, summary, rule, protocols, clip_plot)
+    lines += drift_section(result.drift, figures.drift, report_dir=out)
+    clip_plot = next((p for p in plots if p.endswith(CLIP_SWEEP_PNG)), None)
+    lines += clip_section(result.clip, rule, clip_plot)
     lines += ["## Warnings", ""]
-    lines += [f"- {w}" for w in warnings] if warnings else ["None."]
+    lines += [f"- {w}" for w in result.warnings] if result.warnings else ["None."]
     lines += [""]
     others = [p for p in plots if p != clip_plot]
-    if others or plot_notes:
-        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in others]
-        lines += [f"- skipped: {n}" for n in plot_notes or []] + [""]
-    lines += report_definitions(rule, reps, seed)
+    if others or figures.notes:
+        lines += ["## Plots", ""] + [image(p, p) for p in others]
+        lines += [f"- skipped: {n}" for n in figures.notes] + [""]
+    lines += report_definitions(rule, result.reps, result.seed)
     return "\n".join(lines)

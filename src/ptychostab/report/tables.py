@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from ptychostab.analysis.rule import fmt
-from ptychostab.report.rule_text import table
+from ptychostab.analysis.summary import NOT_FINAL
+from ptychostab.report.markdown import relative_path, table
 from ptychostab.runs import records
 
 FAMILY_ORDER = {"instability": 0, "other final": 1, "not final": 2, "ok": 3}
@@ -44,7 +44,7 @@ def stability_table(g: pd.DataFrame) -> list[str]:
     rows = [[r["arm_label"], r["role"] or "-", r["n_planned"], r["n_ok"],
              _kinds(r, records.INSTABILITY_KINDS), rate_cell(r),
              _kinds(r, records.OTHER_FINAL_KINDS),
-             _kinds(r, (*records.INCOMPLETE_KINDS, *records.READ_PROBLEMS)),
+             _kinds(r, NOT_FINAL),
              _km(r["km_median_epoch"]), _km(r["km_median_s"]),
              fmt(_num(r["km_survival_final"])) if r["n_planned"] else "n/a",
              f"{fmt(_num(r.get('grad_norm_pre_median_median')))} / "
@@ -93,17 +93,6 @@ def metrics_table(g: pd.DataFrame, metric_names: list[str]) -> list[str]:
                                f"{fmt(_num(r[f'{m}_q75']))}]" for m in metric_names)]
             for _, r in g.iterrows()]
     return table(header, rows)
-
-
-def relative_path(path: str | None, out_dir: Path | None, name: str = "") -> str | None:
-    """``path`` (/``name``) relative to the report's folder ``out_dir``, POSIX style (links in
-    report.md); None for no path."""
-    if not isinstance(path, str) or not path:
-        return None
-    target = Path(path) / name if name else Path(path)
-    if out_dir is None:
-        return target.as_posix()
-    return Path(os.path.relpath(target, Path(out_dir).absolute())).as_posix()
 
 
 def _failure_cell(r) -> str:

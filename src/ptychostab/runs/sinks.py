@@ -145,7 +145,8 @@ class TrackerSink(Sink):
         depth = cfg.get("depth")
         identity = RunIdentity(
             sweep=str(run.sweep), arm_id=run.arm_id, arm_label=run.arm_id.rsplit("-", 1)[0],
-            seed=run.seed, stage=_stage(run.sweep, depth), depth=depth, run_dir=run.run_dir,
+            seed=run.seed, stage=_stage(run.sweep, depth, bool(cfg.get("outside_study"))),
+            depth=depth, run_dir=run.run_dir,
             output_root=Path(str(_get(cfg, "paths.output_root", run.run_dir.parent.parent))),
             config=cfg)
         previous = run.previous_manifest.get("trackers") or {}
@@ -174,12 +175,13 @@ class TrackerSink(Sink):
             self.trackers = None
 
 
-def _stage(sweep, depth) -> str:
-    """The stage as the default decision rule names it (``A``, ``B``, ``clip`` or "")."""
+def _stage(sweep, depth, outside: bool = False) -> str:
+    """The stage as the default decision rule names it (``A``, ``B``, ``clip``, ``outside``
+    or "")."""
     try:
-        from ptychostab.analysis import decide
+        from ptychostab.identity import stage_from_rule_file
 
-        return decide.stage_of(sweep, depth, decide.load_rule()) or ""
+        return stage_from_rule_file(sweep, depth, outside=outside)
     except Exception as err:  # naming the stage must never cost the run
         log.warning("trackers: stage of sweep %r unknown: %r", sweep, err)
         return ""
