@@ -6,7 +6,7 @@ Two sweeps (``stage_a`` at depth 4, ``stage_b`` at depth 8), each with the three
 plus norm-clip arms up to ``--arms``, ``--seeds`` seeds per arm: 2 x 20 x 250 = 10,000 runs by
 default. About 8% of runs fail (mixed kinds), 2% are planned but never run, 1% time out,
 0.1% have a truncated result.json. Records are written by the test factory
-(``tests/sweep/conftest.py``) with fsync disabled; generating them is not timed.
+(``tests/_records.py``) with fsync disabled; generating them is not timed.
 Target (issue 6): ``aggregate(plot_inputs=False)`` + ``write_outputs(plots=False)`` <= 10 s,
 writing runs.csv, summary.csv, report.md.
 """
@@ -39,7 +39,7 @@ FAIL_KINDS = ("nonfinite", "diverged", "collapsed", "exception", "oom")
 
 def _factory():
     spec = importlib.util.spec_from_file_location("sweep_factory",
-                                                  REPO / "tests" / "sweep" / "conftest.py")
+                                                  REPO / "tests" / "_records.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -14,7 +14,7 @@ in :data:`RUN_ONLY_LEAVES`. Everything else is run-only by construction: ``seed`
 inside the arm), ``sweep`` (the folder above), ``strict``, ``retry`` (which endings a rerun
 trains again), ``pack`` (how many seeds share one job), ``outside_study`` (the sweep stays out
 of the decision), ``paths``, ``plan``, ``cluster``
-(launcher resources) and ``hydra``. tests/sweep/test_identity.py fails when a top-level key is
+(launcher resources) and ``hydra``. tests/config/test_identity.py fails when a top-level key is
 added to the schema without being classified here.
 
 The stage a sweep belongs to (``A``, ``B``, ``clip`` or ""), by the decision rule's sweep names

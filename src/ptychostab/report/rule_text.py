@@ -1,5 +1,5 @@
 """The rule in words, rendered from the rule itself: the report's Definitions section and the
-"Decision rule" section of ``experiments/README.md`` (tests/sweep/test_definitions.py keeps the
+"Decision rule" section of ``experiments/README.md`` (tests/report/test_definitions.py keeps the
 README equal to :func:`readme_section` of ``conf/decision/default.yaml``), so the three cannot
 drift. ``python -m ptychostab.cli.aggregate --print-rule`` prints the README section.
 """

@@ -114,7 +114,7 @@ def test_runtime_estimates(tmp_path):
 
 
 def test_cli_exit_codes_and_outputs(tmp_path, capsys):
-    # --no-calibrate: timing is tests/sweep/test_calibrate.py's (these arms take seconds a step)
+    # --no-calibrate: timing is tests/launch/test_calibrate.py's (these arms take seconds a step)
     assert cli.main(["--no-calibrate", *GRID, f"paths.output_root={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert "4 arm(s) x seeds = 12 run(s)" in out and (tmp_path / "default/plan.csv").exists()

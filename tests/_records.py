@@ -1,4 +1,5 @@
-"""Synthetic run records for the aggregator tests (and the benchmark, which loads this file).
+"""Synthetic run records for the aggregator, report, launch and status tests (each folder's
+conftest.py imports the fixtures below) and the benchmark, which loads this file.
 
 ``write_run`` writes one run folder exactly as the record contract says
 (:mod:`ptychostab.runs.records`): ``manifest.json``, ``history.csv``, ``result.json``;

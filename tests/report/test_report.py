@@ -1,7 +1,7 @@
 """report.md: a golden file for a small fixed input, and the warnings it must carry.
 
 Regenerate the golden file after an intended change of the report with
-``PTYCHOSTAB_UPDATE_GOLDEN=1 .venv/bin/pytest tests/sweep/test_report.py`` and review the diff.
+``PTYCHOSTAB_UPDATE_GOLDEN=1 .venv/bin/pytest tests/report/test_report.py`` and review the diff.
 """
 
 import os

@@ -1,5 +1,5 @@
-"""Helpers shared by the sweep-framework tests (tests/sweep/test_{config,identity,plan,cli,
-lock,slurm}.py). The aggregator's conftest.py in this folder is not ours: import from here."""
+"""Helpers shared by the sweep-framework tests (tests/{config,launch,launcher,monitor,cli}/):
+real ``train.py`` runs in a subprocess, run-folder readers, and submitit doubles."""
 
 from __future__ import annotations
 
