@@ -448,3 +448,56 @@ def test_the_launchers_record_names_the_job_of_a_run_that_has_not_started(tmp_pa
     q = slurm.make_queue("61_0|PENDING|Priority\n", None)
     (run,) = st.read_sweep(sw, q, now=NOW).runs
     assert (run.slurm_job_id, run.live, run.slurm_reason) == ("61_0", "queued", "Priority")
+
+
+# --- ETA of slow epochs, and a folder with only a stale lock ----------------------------------
+def _rows(epoch_s: list[float], steps: int = 100) -> list[dict]:
+    wall, out = 0.0, []
+    for e, s in enumerate(epoch_s):
+        wall += s
+        out.append({"epoch": float(e), "global_step": float((e + 1) * steps), "wall_s": wall})
+    return out
+
+
+def test_the_rate_follows_the_recent_slow_epochs_not_the_early_fast_ones():
+    rows = _rows([1.0] * 5 + [10.0] * st.RATE_WINDOW)
+    epoch_s, steps_per_epoch, rate = st.progress(rows)
+    assert steps_per_epoch == 100 and rate == pytest.approx(10.0)  # 100 steps per 10 s
+
+
+def test_a_slow_current_epoch_never_takes_more_than_one_epoch_off_the_eta():
+    run = st.RunState(arm_id="a", seed=0, run_dir="x", max_epochs=10, epochs_done=5,
+                      steps_per_s=10.0)
+    # 5 epochs of 100 steps left at 10 steps/s = 50 s; 30 s into a 10 s epoch: 40 s, not 20 s
+    assert st.run_eta(run, 100.0, since_epoch_s=30.0) == pytest.approx(40.0)
+    assert st.run_eta(run, 100.0, since_epoch_s=4.0) == pytest.approx(46.0)
+    assert st.run_eta(run, 100.0, since_epoch_s=-3.0) == pytest.approx(50.0)
+
+
+def test_the_eta_of_a_running_run_with_slowing_epochs(tmp_path):
+    run_dir = tmp_path / "s" / "arm" / "seed=0"
+    run_dir.mkdir(parents=True)
+    records.atomic_write_json(run_dir / records.MANIFEST, {"config": {"trainer": {
+        "max_epochs": 20}}})
+    records.write_history(run_dir / records.HISTORY, _rows([1.0] * 5 + [10.0] * 5))
+    now = (run_dir / records.HISTORY).stat().st_mtime
+    run = st.RunState(arm_id="arm", seed=0, run_dir=str(run_dir))
+    st.read_run_state(run, now=now)
+    assert run.steps_per_s == pytest.approx(10.0)
+    assert run.eta_s is None or run.eta_s == pytest.approx(100.0)  # 10 epochs x 10 s
+    st.resolve(run, slurm.Queue())
+    run.lock = {"fresh": True}
+    st.resolve(run, slurm.Queue())
+    assert run.live == "running" and run.eta_s == pytest.approx(100.0)
+
+
+def test_a_folder_with_only_a_stale_lock_is_stopped_not_not_started(tmp_path):
+    run_dir = tmp_path / "s" / "arm" / "seed=0"
+    run_dir.mkdir(parents=True)
+    (run_dir / records.RUN_LOCK).write_text(json.dumps({
+        "pid": 999999, "host": socket.gethostname(), "token": "t",
+        "start_time": "2026-01-01T00:00:00+00:00", "heartbeat_time": "2026-01-01T00:00:00+00:00"}))
+    run = st.RunState(arm_id="arm", seed=0, run_dir=str(run_dir))
+    st.read_run_state(run, now=time.time())
+    assert run.lock is not None and run.lock["fresh"] is False
+    assert run.started and run.live == "stopped" and run.status == "missing"
