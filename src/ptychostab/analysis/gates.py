@@ -301,13 +301,10 @@ def loss_gate(fix: ArmEvidence, ref: ArmEvidence, metric: str, min_seeds: int, l
         return Gate(name, fix.stage, subject, verdict, numbers, reason, against=ref.label,
                     kind="superiority", **kw)
 
-    early = _trust_gate(fix, ref, len(fv), len(rv), min_seeds, beaten=True)
-    if early is not None:
-        return gate(early[0], early[1], point=early[0])
-    ratio, r_lo, r_hi = _ratio(fv, rv, level)
-    if not math.isfinite(r_lo):
-        return gate(UNTESTABLE, f"ratio not estimable ({ref.label}'s median can be 0)",
-                    point=UNTESTABLE)
+    ended, (ratio, r_lo, r_hi) = _median_ratio(gate, fix, ref, fv, rv, min_seeds, level,
+                                                beaten=True)
+    if ended is not None:
+        return ended
     est, lo, hi = 1.0 - ratio, 1.0 - r_hi, 1.0 - r_lo
     interval = superiority(est, lo, hi, min_effect)
     pv = PASS if _median(fv) < _median(rv) else FAIL
@@ -322,6 +319,22 @@ def loss_gate(fix: ArmEvidence, ref: ArmEvidence, metric: str, min_seeds: int, l
         seeds, text = _values_settle(est, lo, hi, fix, ref, fv, rv, 0.0, min_effect, level)
     return gate(verdict, reason, estimate=est, low=lo, high=hi, point=pv, settle=text,
                 seeds=seeds)
+
+
+def _median_ratio(gate, fix: ArmEvidence, ref: ArmEvidence, fv, rv, min_seeds: int,
+                  level: float, beaten: bool) -> tuple[Gate | None, tuple[float, float, float]]:
+    """The start of both median gates: the gate already decided when a median is not trusted
+    or the ratio cannot be estimated (then ``(gate, (nan, nan, nan))``), else ``(None,
+    (ratio, low, high))`` of ``median(fv) / median(rv)`` at ``level``."""
+    nan3 = (math.nan, math.nan, math.nan)
+    early = _trust_gate(fix, ref, len(fv), len(rv), min_seeds, beaten=beaten)
+    if early is not None:
+        return gate(early[0], early[1], point=early[0]), nan3
+    ratio, r_lo, r_hi = _ratio(fv, rv, level)
+    if not math.isfinite(r_lo):
+        return gate(UNTESTABLE, f"ratio not estimable ({ref.label}'s median can be 0)",
+                    point=UNTESTABLE), nan3
+    return None, (ratio, r_lo, r_hi)
 
 
 def _trust_gate(fix: ArmEvidence, ref: ArmEvidence, n_fix: int, n_ref: int, min_seeds: int,
@@ -358,13 +371,10 @@ def regression_gate(fix: ArmEvidence, ref: ArmEvidence, metric: str, min_seeds: 
                     against=ref.label if against is None else against,
                     kind="non-inferiority", **kw)
 
-    early = _trust_gate(fix, ref, len(fv), len(rv), min_seeds, beaten=reference_beaten)
-    if early is not None:
-        return gate(early[0], early[1], point=early[0])
-    ratio, r_lo, r_hi = _ratio(fv, rv, level)
-    if not math.isfinite(r_lo):
-        return gate(UNTESTABLE, f"ratio not estimable ({ref.label}'s median can be 0)",
-                    point=UNTESTABLE)
+    ended, (ratio, r_lo, r_hi) = _median_ratio(gate, fix, ref, fv, rv, min_seeds, level,
+                                                beaten=reference_beaten)
+    if ended is not None:
+        return ended
     if higher_is_better:
         est, lo, hi = 1.0 - ratio, 1.0 - r_hi, 1.0 - r_lo
     else:
