@@ -281,127 +281,6 @@ def evaluate(arms: Arms, ctx: Context, both: str, agree: str, shared: str) -> Ev
     return Evaluation(outcome_of(*inputs), inputs, gg + sg, gold, silver, prem, point)
 
 
-# --- protocol --------------------------------------------------------------------------------
-#: (stage, sweep, arm_id) -> the arm's protocol (:class:`.protocol.ArmProtocol`, or a flattened
-#: dict, or None for "no readable manifest")
-Protocols = dict[tuple[str, str, str], Any]
-
-
-def _key(row: dict) -> tuple[str, str, str]:
-    return (str(row.get("stage")), str(row.get("sweep")), str(row.get("arm_id")))
-
-
-def _seeds(seeds: Iterable[int]) -> str:
-    return ", ".join(str(s) for s in seeds)
-
-
-@dataclass
-class ProtocolCheck:
-    """What the protocol checks found: ``mismatches`` between compared arms, across stages
-    and among one arm's seeds; ``study``: departures from the stages' declared protocols
-    (and Stage B not deeper than Stage A); ``unknown``: arms whose runs have records but no
-    readable manifest; ``notes``: what could not be compared."""
-
-    mismatches: list[str] = field(default_factory=list)
-    study: list[str] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def column(self, rule: DecisionRule) -> str:
-        """``no`` (a binding mismatch), ``untestable`` (a protocol unknown) or ``yes``;
-        ``allow_protocol_mismatch`` lets everything go ahead, a demonstration rule its
-        stages' declared protocols."""
-        if rule.allow_protocol_mismatch:
-            return "yes"
-        if self.mismatches or (self.study and not rule.demonstration):
-            return "no"
-        return "untestable" if self.unknown else "yes"
-
-
-def protocol_check(roles: dict[str, dict[str, dict]], protocols: Protocols | None,
-                   rule: DecisionRule, stage_rows: dict[str, list[dict]]) -> ProtocolCheck:
-    """Each stage's arms against the rule's declared protocol (depth and every declared key),
-    compared arms against each other (all identity keys but
-    :data:`.protocol.ALLOWED_WITHIN_STAGE`), each role arm across stages (all but depth; Stage
-    B deeper), and the seeds of each arm among themselves."""
-    out = ProtocolCheck()
-    given = protocols is not None
-    protocols = protocols or {}
-    seen: dict[tuple[str, str, str], protocol.ArmProtocol] = {}
-
-    def proto_of(row: dict) -> protocol.ArmProtocol:
-        key = _key(row)
-        if key not in seen:
-            seen[key] = protocol.as_arm_protocol(protocols.get(key))
-            ap, label = seen[key], f"Stage {key[0]} '{row.get('arm_label')}'"
-            if ap.no_manifest:
-                out.unknown.append(f"{label}: seed(s) {_seeds(ap.no_manifest)} have records "
-                                   "but no readable manifest: their protocol cannot be checked")
-            elif ap.unknown:
-                out.unknown.append(f"{label}: protocol unknown (" + (
-                    "no readable manifest)" if given else "no protocols given)"))
-            if len(ap.variants) > 1:
-                (s0, p0), *rest = ap.variants
-                for s1, p1 in rest:
-                    out.mismatches.append(
-                        f"{label}: seeds {_seeds(s0)} and seeds {_seeds(s1)} ran under "
-                        "different protocols: " + protocol.describe(
-                            protocol.differences(p0, p1), f"seeds {_seeds(s0)}",
-                            f"seeds {_seeds(s1)}"))
-        return seen[key]
-
-    def compare(a: dict, b: dict, allowed: tuple[str, ...], where: str) -> None:
-        pa, pb = proto_of(a).protocol, proto_of(b).protocol
-        if pa is None or pb is None:
-            who = a if pa is None else b
-            out.notes.append(f"{where}: protocol of '{who.get('arm_label')}' unknown; not "
-                             "compared")
-            return
-        diffs = protocol.differences(pa, pb, allowed)
-        if diffs:
-            out.mismatches.append(f"{where}: " + protocol.describe(
-                diffs, str(a.get("arm_label")), str(b.get("arm_label"))))
-
-    for stage in STAGES:
-        spec = rule.stages[stage]
-        compared_rows = stage_rows.get(stage, []) if rule.compare_with == "all" else list(
-            roles.get(stage, {}).values())
-        for row in compared_rows:
-            proto_of(row)  # unknown protocols and seeds under several protocols
-        for row in stage_rows.get(stage, []):
-            ap = protocol.as_arm_protocol(protocols.get(_key(row)))
-            if ap.protocol is None:
-                continue
-            diffs = protocol.against_declared(ap.protocol, spec.depth, spec.protocol)
-            if diffs:
-                out.study.append(f"Stage {stage} '{row.get('arm_label')}' (sweep "
-                                 f"`{row.get('sweep')}`) departs from the stage's declared "
-                                 "protocol: " + protocol.describe(diffs, "run", "declared"))
-        r = roles.get(stage, {})
-        ctrl = r.get("control")
-        if ctrl is None:
-            continue
-        compared = [r[x] for x in ("arch_fix", "opt_fix") if x in r]
-        if rule.compare_with == "all":
-            compared += [x for x in stage_rows.get(stage, []) if x is not ctrl
-                         and all(x is not c for c in compared)]
-        for fix in compared:
-            compare(ctrl, fix, protocol.ALLOWED_WITHIN_STAGE,
-                    f"Stage {stage} control vs '{fix.get('arm_label')}'")
-    for role in ROLES:
-        a, b = roles.get("A", {}).get(role), roles.get("B", {}).get(role)
-        if a is None or b is None:
-            continue
-        compare(a, b, protocol.DEPTH_KEYS, f"{role} Stage A vs Stage B")
-        pa, pb = proto_of(a).protocol, proto_of(b).protocol
-        if pa is not None and pb is not None:
-            da, db = protocol.depth_of(pa), protocol.depth_of(pb)
-            if not (isinstance(da, (int, float)) and isinstance(db, (int, float)) and db > da):
-                out.study.append(f"{role}: Stage B is not deeper than Stage A (depth {da} in "
-                                 f"Stage A, {db} in Stage B)")
-    return out
-
-
 # --- the decision ----------------------------------------------------------------------------
 @dataclass
 class Decision:
@@ -544,20 +423,20 @@ def _other_fix(ev: Evaluation, arms: Arms, rule: DecisionRule) -> list[str]:
     return lines
 
 
-def _grad_bounds(roles: dict[str, dict[str, dict]], protocols: Protocols | None,
+def _grad_bounds(roles: dict[str, dict[str, dict]], protocols: protocol.Protocols | None,
                  rule: DecisionRule) -> dict[tuple[str, str], float | None]:
     out = {}
     for stage, found in roles.items():
         declared = rule.stages[stage].protocol.get("failure.grad_norm_bound")
         for role, row in found.items():
-            ap = protocol.as_arm_protocol((protocols or {}).get(_key(row)))
+            ap = protocol.as_arm_protocol((protocols or {}).get(protocol.stage_arm_key(row)))
             have = (ap.protocol or {}).get("failure.grad_norm_bound", declared)
             out[(stage, role)] = _f(have) if have is not None else None
     return out
 
 
 def decide(rows: list[dict], rule: DecisionRule, control: str | None = None,
-           protocols: Protocols | None = None, resolved: Roles | None = None,
+           protocols: protocol.Protocols | None = None, resolved: Roles | None = None,
            runs: Iterable[dict] | None = None) -> Decision:
     """Evaluate the decision rule.
 
@@ -585,7 +464,7 @@ def decide(rows: list[dict], rule: DecisionRule, control: str | None = None,
     by_stage = {s: [r for r in rows if r.get("stage") == s] for s in STAGES}
     by_arm: dict[tuple[str, str, str], list[dict]] = {}
     for run in runs or ():
-        by_arm.setdefault(_key(run), []).append(run)
+        by_arm.setdefault(protocol.stage_arm_key(run), []).append(run)
     roles, arms, keyed, missing = {}, {}, {}, []
     for stage in STAGES:
         found, problems = (resolve_roles(by_stage[stage], rule, control) if resolved is None
@@ -609,9 +488,9 @@ def decide(rows: list[dict], rule: DecisionRule, control: str | None = None,
                              if all(r is not t for t in taken) and roles[stage].get("arch_fix")]
     conflicts = sorted({f"Stage {k[0]} {k[1]} '{keyed[k].get('arm_label')}' seed="
                         f"{run.get('seed')}: {run.get(CONFLICT)}"
-                        for k in keyed for run in by_arm.get(_key(keyed[k]), [])
+                        for k in keyed for run in by_arm.get(protocol.stage_arm_key(keyed[k]), [])
                         if run.get(CONFLICT)})
-    check = protocol_check(roles, protocols, rule, by_stage)
+    check = protocol.protocol_check(roles, protocols, rule, by_stage)
     both = "yes" if all(by_stage[s] for s in STAGES) else "no"
     agree = "no" if conflicts else "yes"
     shared = check.column(rule)
@@ -689,7 +568,7 @@ def _evidence(row: dict, by_arm: dict, rule: DecisionRule, have_runs: bool
     if not have_runs:
         return arm_of(row, rule)
     return arm_evidence(str(row.get("arm_label")), str(row.get("stage")),
-                        by_arm.get(_key(row), []), rule)
+                        by_arm.get(protocol.stage_arm_key(row), []), rule)
 
 
 def _provisional(base: Evaluation, rule: DecisionRule) -> tuple[str, str]:

@@ -14,9 +14,10 @@ no manifest), and each stage is held to the protocol its rule file declares
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ptychostab.analysis.rule import ROLES, STAGES, DecisionRule
 from ptychostab.identity import IDENTITY_KEYS, RUN_ONLY_LEAVES  # noqa: F401  (re-exported)
 from ptychostab.runs.records import flatten
 
@@ -132,4 +133,126 @@ def against_declared(proto: dict[str, Any], depth: int,
         value = proto.get(key, MISSING)
         if not _same(value, want):
             out.append((key, value, want))
+    return out
+
+
+# --- the checks of a decision ----------------------------------------------------------------
+#: (stage, sweep, arm_id) -> the arm's protocol (:class:`.ArmProtocol`, or a flattened
+#: dict, or None for "no readable manifest")
+Protocols = dict[tuple[str, str, str], Any]
+
+
+def stage_arm_key(row: dict) -> tuple[str, str, str]:
+    """``(stage, sweep, arm_id)`` of a summary row or a run: the key of :data:`Protocols`."""
+    return (str(row.get("stage")), str(row.get("sweep")), str(row.get("arm_id")))
+
+
+def _seeds(seeds: Iterable[int]) -> str:
+    return ", ".join(str(s) for s in seeds)
+
+
+@dataclass
+class ProtocolCheck:
+    """What the protocol checks found: ``mismatches`` between compared arms, across stages
+    and among one arm's seeds; ``study``: departures from the stages' declared protocols
+    (and Stage B not deeper than Stage A); ``unknown``: arms whose runs have records but no
+    readable manifest; ``notes``: what could not be compared."""
+
+    mismatches: list[str] = field(default_factory=list)
+    study: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def column(self, rule: DecisionRule) -> str:
+        """``no`` (a binding mismatch), ``untestable`` (a protocol unknown) or ``yes``;
+        ``allow_protocol_mismatch`` lets everything go ahead, a demonstration rule its
+        stages' declared protocols."""
+        if rule.allow_protocol_mismatch:
+            return "yes"
+        if self.mismatches or (self.study and not rule.demonstration):
+            return "no"
+        return "untestable" if self.unknown else "yes"
+
+
+def protocol_check(roles: dict[str, dict[str, dict]], protocols: Protocols | None,
+                   rule: DecisionRule, stage_rows: dict[str, list[dict]]) -> ProtocolCheck:
+    """Each stage's arms against the rule's declared protocol (depth and every declared key),
+    compared arms against each other (all identity keys but
+    :data:`.ALLOWED_WITHIN_STAGE`), each role arm across stages (all but depth; Stage
+    B deeper), and the seeds of each arm among themselves."""
+    out = ProtocolCheck()
+    given = protocols is not None
+    protocols = protocols or {}
+    seen: dict[tuple[str, str, str], ArmProtocol] = {}
+
+    def proto_of(row: dict) -> ArmProtocol:
+        key = stage_arm_key(row)
+        if key not in seen:
+            seen[key] = as_arm_protocol(protocols.get(key))
+            ap, label = seen[key], f"Stage {key[0]} '{row.get('arm_label')}'"
+            if ap.no_manifest:
+                out.unknown.append(f"{label}: seed(s) {_seeds(ap.no_manifest)} have records "
+                                   "but no readable manifest: their protocol cannot be checked")
+            elif ap.unknown:
+                out.unknown.append(f"{label}: protocol unknown (" + (
+                    "no readable manifest)" if given else "no protocols given)"))
+            if len(ap.variants) > 1:
+                (s0, p0), *rest = ap.variants
+                for s1, p1 in rest:
+                    out.mismatches.append(
+                        f"{label}: seeds {_seeds(s0)} and seeds {_seeds(s1)} ran under "
+                        "different protocols: " + describe(
+                            differences(p0, p1), f"seeds {_seeds(s0)}",
+                            f"seeds {_seeds(s1)}"))
+        return seen[key]
+
+    def compare(a: dict, b: dict, allowed: tuple[str, ...], where: str) -> None:
+        pa, pb = proto_of(a).protocol, proto_of(b).protocol
+        if pa is None or pb is None:
+            who = a if pa is None else b
+            out.notes.append(f"{where}: protocol of '{who.get('arm_label')}' unknown; not "
+                             "compared")
+            return
+        diffs = differences(pa, pb, allowed)
+        if diffs:
+            out.mismatches.append(f"{where}: " + describe(
+                diffs, str(a.get("arm_label")), str(b.get("arm_label"))))
+
+    for stage in STAGES:
+        spec = rule.stages[stage]
+        compared_rows = stage_rows.get(stage, []) if rule.compare_with == "all" else list(
+            roles.get(stage, {}).values())
+        for row in compared_rows:
+            proto_of(row)  # unknown protocols and seeds under several protocols
+        for row in stage_rows.get(stage, []):
+            ap = as_arm_protocol(protocols.get(stage_arm_key(row)))
+            if ap.protocol is None:
+                continue
+            diffs = against_declared(ap.protocol, spec.depth, spec.protocol)
+            if diffs:
+                out.study.append(f"Stage {stage} '{row.get('arm_label')}' (sweep "
+                                 f"`{row.get('sweep')}`) departs from the stage's declared "
+                                 "protocol: " + describe(diffs, "run", "declared"))
+        r = roles.get(stage, {})
+        ctrl = r.get("control")
+        if ctrl is None:
+            continue
+        compared = [r[x] for x in ("arch_fix", "opt_fix") if x in r]
+        if rule.compare_with == "all":
+            compared += [x for x in stage_rows.get(stage, []) if x is not ctrl
+                         and all(x is not c for c in compared)]
+        for fix in compared:
+            compare(ctrl, fix, ALLOWED_WITHIN_STAGE,
+                    f"Stage {stage} control vs '{fix.get('arm_label')}'")
+    for role in ROLES:
+        a, b = roles.get("A", {}).get(role), roles.get("B", {}).get(role)
+        if a is None or b is None:
+            continue
+        compare(a, b, DEPTH_KEYS, f"{role} Stage A vs Stage B")
+        pa, pb = proto_of(a).protocol, proto_of(b).protocol
+        if pa is not None and pb is not None:
+            da, db = depth_of(pa), depth_of(pb)
+            if not (isinstance(da, (int, float)) and isinstance(db, (int, float)) and db > da):
+                out.study.append(f"{role}: Stage B is not deeper than Stage A (depth {da} in "
+                                 f"Stage A, {db} in Stage B)")
     return out
