@@ -157,3 +157,18 @@ def test_post_hoc_rooms_import_no_torch_lightning_or_hydra(room):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=SRC.parent)
     assert out.stdout.strip() == "", f"{room} pulled in: {out.stdout.strip()}"
+
+
+def test_old_module_paths_still_load_for_one_release():
+    """Jobs submitted before the upgrade pickled ``ptychostab.sweep.callbacks.SweepPreflight``;
+    every old ``ptychostab.sweep.<name>`` is its new home, the same module object."""
+    import importlib
+    import pickle
+
+    from ptychostab.launch.preflight import SweepPreflight
+    from ptychostab.sweep import MOVED
+
+    old = pickle.loads(b"\x80\x02cptychostab.sweep.callbacks\nSweepPreflight\nq\x00.")
+    assert old is SweepPreflight
+    for name, new in MOVED.items():
+        assert importlib.import_module(f"ptychostab.sweep.{name}") is importlib.import_module(new)
