@@ -22,6 +22,29 @@ TINY = ["data=tiny", "trainer=smoke", "trainer.max_epochs=1", "arch.hidden_chann
 FAST = [*TINY, "data.size=64"]
 
 
+def preflight(overrides: list[str]):
+    """The sweep preflight of ``python train.py -m <overrides>``, in this process (no job runs):
+    the plan it builds; the sweep lock is released and Hydra cleared afterwards."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from ptychostab import config as cfgmod
+    from ptychostab.launch import preflight as callbacks
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(cfgmod.CONF_DIR), version_base="1.3",
+                                   job_name=cfgmod.CONFIG_NAME):
+            loader = GlobalHydra.instance().config_loader()
+            master = loader.load_configuration(cfgmod.CONFIG_NAME, overrides=overrides,
+                                               run_mode=RunMode.MULTIRUN)
+            return callbacks.preflight(master)
+    finally:
+        callbacks.release()
+        GlobalHydra.instance().clear()
+
+
 def train(args: list[str], out: Path | str | None, *, timeout: float = 600,
           env: dict | None = None, wait: bool = True):
     """``python train.py <args> paths.output_root=<out>`` from the repository root."""

@@ -15,10 +15,7 @@ import statistics
 
 import pytest
 import torch
-from _fixtures import train, write_run
-from hydra import initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.types import RunMode
+from _fixtures import preflight, train, write_run
 from omegaconf import OmegaConf
 
 from ptychostab import config as cfgmod
@@ -26,7 +23,6 @@ from ptychostab.cli import plan as cli
 from ptychostab.cli.plan import build_plan
 from ptychostab.launch import calibrate, estimate
 from ptychostab.launch import plan as planmod
-from ptychostab.launch import preflight as callbacks
 from ptychostab.training.testing import tiny_config
 
 # four small arms (describe is quick; nothing is trained)
@@ -166,27 +162,15 @@ def test_the_cache_is_keyed_by_device_and_arm_shape(tmp_path):
 
 
 # --- the preflight reads, never times ------------------------------------------------------------
-def _preflight(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(cfgmod.CONF_DIR), version_base="1.3",
-                                   job_name=cfgmod.CONFIG_NAME):
-            loader = GlobalHydra.instance().config_loader()
-            master = loader.load_configuration(cfgmod.CONFIG_NAME, overrides=overrides,
-                                               run_mode=RunMode.MULTIRUN)
-            return callbacks.preflight(master)
-    finally:
-        callbacks.release()
-        GlobalHydra.instance().clear()
 
 
 def test_the_sweep_preflight_never_calibrates(tmp_path, no_timing):
-    plan = _preflight(grid2(tmp_path))
+    plan = preflight(grid2(tmp_path))
     assert no_timing == [] and {a.epoch_s_source for a in plan.arms.values()} == {"model"}
     assert "with no calibration on this machine's device" in planmod.format_plan(plan)
     a = next(iter(plan.arms.values()))
     calibrate.store(cache_file(), [entry(a, 42.0)])
-    plan = _preflight(grid2(tmp_path))
+    plan = preflight(grid2(tmp_path))
     assert no_timing == [] and plan.arms[a.arm_id].epoch_s == 42.0
     assert plan.arms[a.arm_id].epoch_s_source == "calibrated"
     # the same for a plan built as the preflight builds it, and a dry run that is told not to

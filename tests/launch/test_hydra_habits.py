@@ -10,10 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from _fixtures import FakeExecutor, train
-from hydra import initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.types import RunMode
+from _fixtures import FakeExecutor, preflight, train
 from omegaconf import OmegaConf
 
 from ptychostab import config as cfgmod
@@ -94,22 +91,10 @@ def test_help_lists_only_real_options(tmp_path):
 
 
 # --- the preflight, in this process (no job runs) ---------------------------------------------
-def _preflight(overrides: list[str]):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(cfgmod.CONF_DIR), version_base="1.3",
-                                   job_name=cfgmod.CONFIG_NAME):
-            loader = GlobalHydra.instance().config_loader()
-            master = loader.load_configuration(cfgmod.CONFIG_NAME, overrides=overrides,
-                                               run_mode=RunMode.MULTIRUN)
-            return callbacks.preflight(master)
-    finally:
-        callbacks.release()
-        GlobalHydra.instance().clear()
 
 
 def test_sweep_mode_is_honoured(tmp_path):
-    plan = _preflight(["seed=0,1", "data=tiny", f"paths.output_root={tmp_path}",
+    plan = preflight(["seed=0,1", "data=tiny", f"paths.output_root={tmp_path}",
                        "+hydra.sweep.mode=750"])
     assert stat.S_IMODE(plan.sweep_dir.stat().st_mode) == 0o750
 
@@ -136,7 +121,7 @@ def test_sweep_mode_is_honoured_by_the_launcher_too(tmp_path, monkeypatch):
                                     "${now:%H-%M-%S}"])
 def test_other_sweep_subdirs_are_refused_with_the_folder_scheme(tmp_path, subdir):
     with pytest.raises(callbacks.SweepRefused) as info:
-        _preflight(["seed=0,1", "data=tiny", f"paths.output_root={tmp_path}",
+        preflight(["seed=0,1", "data=tiny", f"paths.output_root={tmp_path}",
                     f"hydra.sweep.subdir={subdir}"])
     text = str(info.value)
     assert "hydra.sweep.subdir" in text and "<arm_id>/seed=<seed>" in text
@@ -145,7 +130,7 @@ def test_other_sweep_subdirs_are_refused_with_the_folder_scheme(tmp_path, subdir
 
 
 def test_a_prefixed_run_folder_is_accepted(tmp_path):
-    plan = _preflight(["seed=0,1", "data=tiny", f"paths.output_root={tmp_path}",
+    plan = preflight(["seed=0,1", "data=tiny", f"paths.output_root={tmp_path}",
                        'hydra.sweep.subdir="mine/${arm_id:}/seed=${job:seed}"'])
     assert {j.run_dir.parent.parent.name for j in plan.jobs} == {"mine"}
 
@@ -160,7 +145,7 @@ def test_an_oserror_while_preparing_refuses_the_sweep(tmp_path, monkeypatch, whe
     else:
         monkeypatch.setattr(planmod, "write_csv", boom)
     with pytest.raises(callbacks.SweepRefused) as info:
-        _preflight(["seed=0,1", "data=tiny", f"paths.output_root={tmp_path}"])
+        preflight(["seed=0,1", "data=tiny", f"paths.output_root={tmp_path}"])
     assert "No space left on device" in str(info.value)
     assert "Nothing was launched" in str(info.value)
     assert callbacks.current_plan() is None and callbacks._STATE["lock"] is None
@@ -168,7 +153,7 @@ def test_an_oserror_while_preparing_refuses_the_sweep(tmp_path, monkeypatch, whe
 
 def test_the_time_limit_check_reads_the_launcher_settings(tmp_path):
     with pytest.raises(callbacks.SweepRefused, match="hydra.launcher.timeout_min=1"):
-        _preflight(["launcher=slurm", "hydra.launcher.timeout_min=1", "seed=0", "data=tiny",
+        preflight(["launcher=slurm", "hydra.launcher.timeout_min=1", "seed=0", "data=tiny",
                     f"paths.output_root={tmp_path}"])
     assert not any(tmp_path.iterdir())
 
