@@ -19,12 +19,25 @@ __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_wr
            "finite_or_none"]
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: 0o666 less the umask (read once;
+    ``mkstemp`` alone would make every record 0600, unreadable to the rest of a team)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write(fh)`` on a binary temporary file, then move it onto ``path``."""
+    """Call ``write(fh)`` on a binary temporary file, then move it onto ``path`` (with the mode
+    a plain ``open`` would give it: :data:`FILE_MODE`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
